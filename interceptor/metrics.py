@@ -1,0 +1,25 @@
+"""The interceptor's Prometheus metrics, on its own registry (served on the admin port)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry()
+
+_WAIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+REQUESTS = Counter(
+    "tiffin_requests", "Requests answered, by deployment and HTTP status.", ["deployment", "status"],
+    registry=REGISTRY,
+)  # fmt: skip
+IN_PROGRESS = Gauge(
+    "tiffin_requests_in_progress", "Requests being waited on or relayed.", ["deployment"], registry=REGISTRY
+)
+QUEUE_WAIT = Histogram(
+    "tiffin_queue_wait_seconds", "Time from enqueue until a replica took the request.", ["deployment"],
+    buckets=_WAIT_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+DURATION = Histogram(
+    "tiffin_request_duration_seconds", "Time from arrival until the last reply byte.", ["deployment"],
+    buckets=_WAIT_BUCKETS, registry=REGISTRY,
+)  # fmt: skip

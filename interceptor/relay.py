@@ -1,0 +1,252 @@
+"""A request's life at the edge: validate, enqueue, wait for a replica's head frame, relay chunks as they come."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import structlog
+from aiohttp import web
+from redis.asyncio import Redis
+
+from interceptor import metrics
+from interceptor.replies import ReplyReader
+from interceptor.routing import Router
+from tiffin.config import Deployment
+from tiffin.errors import error_response, sse_error_event
+from tiffin.exceptions import (
+    BadRequest,
+    Draining,
+    PayloadTooLarge,
+    ReplicaError,
+    RequestError,
+    UpstreamTimeout,
+    WaitTimeout,
+)
+from tiffin.frames import FORWARDED_HEADERS, QUEUE_MS_HEADER, REPLY_HEADERS, Envelope, Frame, FrameKind
+from tiffin.queue import DeploymentQueue, now_ms
+
+log = structlog.get_logger("interceptor")
+
+
+@dataclass
+class Outcome:
+    """What the per-request log line and metrics report."""
+
+    request_id: str
+    deployment: str = "-"
+    status: int = 0
+    queue_ms: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    detail: str | None = None
+
+
+class Relay:
+    """Serves the completion endpoints for every deployment of this interceptor."""
+
+    def __init__(self, redis: Redis, router: Router, reader: ReplyReader, reply_gap_grace_s: float) -> None:
+        self.router = router
+        self.reader = reader
+        self.reply_gap_grace_s = reply_gap_grace_s
+        self.queues = {d.name: DeploymentQueue(redis, d.name) for d in router.deployments}
+        self.draining = False
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self._max_body = max((d.limits.max_body_bytes for d in router.deployments), default=1_048_576)
+
+    async def ensure_queues(self) -> None:
+        for queue in self.queues.values():
+            await queue.ensure_group()
+
+    async def completion(self, request: web.Request) -> web.StreamResponse:
+        """POST /v1/chat/completions and /v1/completions (behind any route prefix)."""
+        outcome = Outcome(request_id=uuid.uuid4().hex)
+        self.in_flight += 1
+        self.idle.clear()
+        try:
+            return await self._serve(request, outcome)
+        except RequestError as exc:
+            outcome.status = exc.status
+            outcome.detail = exc.code
+            return error_response(exc, outcome.request_id)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+            self._report(outcome)
+
+    async def _serve(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
+        if self.draining:
+            raise Draining("this interceptor is shutting down; retry")
+        route = self.router.match(request.host, request.path)
+        body = await _read_body(request, self._max_body)
+        payload = _parse_json(body)
+        model = payload.get("model")
+        if model is not None and not isinstance(model, str):
+            raise BadRequest("'model' must be a string")
+        deployment = route.resolve(model)
+        outcome.deployment = deployment.name
+        if len(body) > deployment.limits.max_body_bytes:
+            raise PayloadTooLarge(f"request body exceeds {deployment.limits.max_body_bytes} bytes")
+        queue = self.queues[deployment.name]
+        enqueued = now_ms()
+        headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
+        headers["x-request-id"] = outcome.request_id
+        envelope = Envelope(
+            request_id=outcome.request_id,
+            reply_to=self.reader.key,
+            path=route.api_path,
+            body=body,
+            headers=headers,
+            enqueued_ms=enqueued,
+            wait_deadline_ms=enqueued + int(deployment.limits.wait_timeout_s * 1000),
+            upstream_timeout_s=deployment.limits.upstream_timeout_s,
+        )
+        metrics.IN_PROGRESS.labels(deployment.name).inc()
+        inbox = self.reader.subscribe(outcome.request_id)
+        entry_id: bytes | None = None
+        try:
+            entry_id = await queue.enqueue(envelope, deployment.limits.max_queue, _state_ttl_s(deployment))
+            head = await self._await_head(inbox, deployment, queue, envelope, entry_id)
+            outcome.status = head.status
+            queue_ms = head.headers.get(QUEUE_MS_HEADER)
+            outcome.queue_ms = float(queue_ms) if queue_ms else None
+            return await self._relay(request, inbox, head, deployment, outcome)
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client went away: withdraw the request so no replica spends time on it.
+            outcome.status, outcome.detail = 499, "client_closed"
+            if entry_id is not None:
+                await asyncio.shield(queue.cancel(outcome.request_id, entry_id, even_if_taken=True))
+            raise
+        finally:
+            self.reader.unsubscribe(outcome.request_id)
+            metrics.IN_PROGRESS.labels(deployment.name).dec()
+            if entry_id is not None and outcome.status != 499:
+                await asyncio.shield(queue.forget(outcome.request_id))
+
+    async def _await_head(
+        self,
+        inbox: asyncio.Queue[Frame],
+        deployment: Deployment,
+        queue: DeploymentQueue,
+        envelope: Envelope,
+        entry_id: bytes,
+    ) -> Frame:
+        """Wait for a replica to answer; the wait deadline applies until a replica takes the request."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deployment.limits.wait_timeout_s
+        taken = False
+        while True:
+            try:
+                frame = await asyncio.wait_for(inbox.get(), timeout=max(deadline - loop.time(), 0))
+            except TimeoutError:
+                if taken:
+                    raise UpstreamTimeout(f"'{deployment.name}' took the request but did not answer") from None
+                state = await queue.cancel(envelope.request_id, entry_id, even_if_taken=False)
+                if state in ("taken", "started"):
+                    # A replica has it: from here the upstream timeout applies (the proxy enforces it too).
+                    taken = True
+                    deadline = loop.time() + deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
+                    continue
+                raise WaitTimeout(
+                    f"no replica of '{deployment.name}' took the request within "
+                    f"{deployment.limits.wait_timeout_s:.0f}s; it was withdrawn, retry later"
+                ) from None
+            if frame.kind is FrameKind.HEAD:
+                return frame
+            if frame.kind is FrameKind.ERROR:
+                raise ReplicaError(frame.status or 502, str(frame.error.get("message")), frame.error.get("code"))
+
+    async def _relay(
+        self,
+        request: web.Request,
+        inbox: asyncio.Queue[Frame],
+        head: Frame,
+        deployment: Deployment,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=head.status)
+        for name in REPLY_HEADERS:
+            if name in head.headers:
+                response.headers[name] = head.headers[name]
+        response.headers["X-Request-Id"] = outcome.request_id
+        await response.prepare(request)
+        sse = head.headers.get("content-type", "").startswith("text/event-stream")
+        gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
+        while True:
+            try:
+                frame = await asyncio.wait_for(inbox.get(), timeout=gap)
+            except TimeoutError:
+                frame = Frame.fail(outcome.request_id, head.by, 504, "the reply stalled", "upstream_timeout")
+            if frame.by != head.by:
+                continue  # a second replica answering a redelivered copy: one answer only
+            if frame.kind is FrameKind.CHUNK:
+                await response.write(frame.data)
+            elif frame.kind is FrameKind.END:
+                break
+            elif frame.kind is FrameKind.ERROR:
+                outcome.detail = str(frame.error.get("code"))
+                if sse:
+                    await response.write(
+                        sse_error_event(str(frame.error.get("message")), outcome.detail or "upstream_failed")
+                    )
+                    break
+                # A plain body cut short cannot be marked inside itself: end the connection without the
+                # final chunk, so the client sees an incomplete response rather than a truncated success.
+                if request.transport is not None:
+                    request.transport.close()
+                return response
+        await response.write_eof()
+        return response
+
+    def _report(self, outcome: Outcome) -> None:
+        total = time.monotonic() - outcome.started
+        metrics.REQUESTS.labels(outcome.deployment, str(outcome.status)).inc()
+        if outcome.deployment != "-":
+            metrics.DURATION.labels(outcome.deployment).observe(total)
+            if outcome.queue_ms is not None:
+                metrics.QUEUE_WAIT.labels(outcome.deployment).observe(outcome.queue_ms / 1000)
+        upstream_ms = None if outcome.queue_ms is None else round(total * 1000 - outcome.queue_ms, 1)
+        log.info(
+            "request",
+            deployment=outcome.deployment,
+            request_id=outcome.request_id,
+            status=outcome.status,
+            queue_wait_ms=outcome.queue_ms,
+            upstream_ms=upstream_ms,
+            total_ms=round(total * 1000, 1),
+            detail=outcome.detail,
+        )
+
+
+def _state_ttl_s(deployment: Deployment) -> int:
+    """The request state outlives the longest legitimate wait, then expires (a crashed edge leaks nothing)."""
+    limits = deployment.limits
+    return int(limits.wait_timeout_s + 2 * limits.upstream_timeout_s + 60)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse_json(body: bytes) -> dict[str, object]:
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise BadRequest("request body must be a JSON object")
+    return payload

@@ -1,0 +1,94 @@
+"""The interceptor's single reply reader: one blocked Redis read for all requests, frames handed out by id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from tiffin import keys
+from tiffin.frames import Frame
+
+log = structlog.get_logger("interceptor.replies")
+
+READ_BLOCK_MS = 2000
+READ_COUNT = 1000
+
+
+class ReplyReader:
+    """Owns `tiffin:reply:{id}`: reads it in one loop and routes each frame to the waiting request."""
+
+    def __init__(self, redis: Redis, interceptor_id: str, ttl_s: int = 60) -> None:
+        self.redis = redis
+        self.key = keys.reply(interceptor_id)
+        # The stream expires if this interceptor dies, so proxies stop writing to it (they never recreate it).
+        self.ttl_s = ttl_s
+        self._inboxes: dict[str, asyncio.Queue[Frame]] = {}
+        self._last_id = b"0-0"
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self, request_id: str) -> asyncio.Queue[Frame]:
+        """Register a request before it is enqueued, so no frame can arrive unseen."""
+        inbox: asyncio.Queue[Frame] = asyncio.Queue()
+        self._inboxes[request_id] = inbox
+        return inbox
+
+    def unsubscribe(self, request_id: str) -> None:
+        self._inboxes.pop(request_id, None)
+
+    async def start(self) -> None:
+        await self._ensure_stream()
+        self._task = asyncio.create_task(self._run(), name="reply-reader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(RedisError):
+            await self.redis.delete(self.key)
+
+    async def _ensure_stream(self) -> None:
+        """Create the stream (a marker entry; streams persist when emptied) and set its expiry."""
+        if not await self.redis.expire(self.key, self.ttl_s):
+            await self.redis.xadd(self.key, {"kind": "open"})
+            await self.redis.expire(self.key, self.ttl_s)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        refreshed = loop.time()
+        while True:
+            try:
+                reply: Any = await self.redis.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+                for _stream, entries in reply or []:
+                    for entry_id, fields in entries:
+                        self._last_id = entry_id
+                        self._dispatch(fields)
+                    # Everything up to what was read is delivered: keep the stream short.
+                    await self.redis.xtrim(self.key, minid=self._last_id)
+                if loop.time() - refreshed > self.ttl_s / 4:
+                    await self._ensure_stream()
+                    refreshed = loop.time()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("reply_reader_error", error=str(exc))
+                await asyncio.sleep(0.5)  # Redis unreachable: back off, then resume from the last id
+                with contextlib.suppress(RedisError, OSError):
+                    await self._ensure_stream()
+
+    def _dispatch(self, fields: dict[bytes, bytes]) -> None:
+        if b"rid" not in fields:
+            return  # the stream's marker entry
+        try:
+            frame = Frame.from_fields(fields)
+        except (KeyError, ValueError) as exc:
+            log.error("bad_reply_frame", error=str(exc))
+            return
+        inbox = self._inboxes.get(frame.request_id)
+        if inbox is not None:  # else: the request has already been answered, timed out or cancelled
+            inbox.put_nowait(frame)

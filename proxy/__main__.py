@@ -1,0 +1,88 @@
+"""Entry point: `python -m proxy`, the sidecar beside one API server (settings from TIFFIN_* variables)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import aiohttp
+
+from proxy.config import ProxySettings
+from proxy.worker import Proxy
+from tiffin.config import load_deployments
+from tiffin.exceptions import ConfigError
+from tiffin.logs import setup_logging
+from tiffin.queue import DeploymentQueue
+from tiffin.redis_conn import connect
+from tiffin.registry import Registry
+
+
+async def _wait_upstream(session: aiohttp.ClientSession, url: str, timeout_s: float, stop: asyncio.Event) -> bool:
+    """Poll the API server's /health: only a ready API server may take requests from the queue."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                if resp.status == 200:
+                    return True
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    return False
+
+
+async def serve(settings: ProxySettings) -> int:
+    log = setup_logging("proxy")
+    deployment = next((d for d in load_deployments(settings.config_paths) if d.name == settings.deployment), None)
+    if deployment is None:
+        raise SystemExit(f"TIFFIN_DEPLOYMENT={settings.deployment!r} is not in {settings.config_paths}")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    redis = connect(settings.redis_url, max_connections=deployment.api.concurrency * 2 + 8)
+    queue = DeploymentQueue(redis, deployment.name)
+    registry = Registry(redis, deployment.name, "api", settings.heartbeat_ttl_s)
+    connector = aiohttp.TCPConnector(limit=deployment.api.concurrency + 4)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await queue.ensure_group()
+        if not await _wait_upstream(session, settings.upstream_url, settings.ready_timeout_s, stop):
+            log.error("upstream_not_ready", upstream=settings.upstream_url)
+            await redis.aclose()
+            return 0 if stop.is_set() else 1
+        proxy = Proxy(deployment, queue, registry, session, settings.replica_id, settings.upstream_url)
+        info = {"upstream": settings.upstream_url, "concurrency": deployment.api.concurrency, "started_at": time.time()}
+        async with registry.keep(settings.replica_id, info):
+            log.info("consuming", deployment=deployment.name, replica=settings.replica_id, upstream=info["upstream"])
+            consumer = asyncio.create_task(proxy.consume(), name="consume")
+            reclaimer = asyncio.create_task(proxy.reclaim_loop(settings.reclaim_interval_s), name="reclaim")
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({consumer, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            # Shutdown order: stop reading new work, finish in-flight requests, then leave the registry.
+            proxy.stopping.set()
+            await asyncio.gather(consumer, reclaimer, return_exceptions=True)
+            stopped.cancel()
+            await proxy.drain(settings.drain_timeout_s)
+            if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
+                log.error("consumer_failed", error=repr(consumer.exception()))
+                await redis.aclose()
+                return 1
+    await redis.aclose()
+    log.info("stopped")
+    return 0
+
+
+def main() -> None:
+    settings = ProxySettings.from_env()
+    try:
+        raise SystemExit(asyncio.run(serve(settings)))
+    except ConfigError as exc:
+        raise SystemExit(f"invalid deployment configuration:\n{exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

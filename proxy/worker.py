@@ -1,0 +1,176 @@
+"""The sidecar's work: pull requests from the deployment queue, forward them, stream reply frames back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import aiohttp
+import structlog
+
+from tiffin.config import Deployment
+from tiffin.frames import QUEUE_MS_HEADER, REPLY_HEADERS, Frame
+from tiffin.queue import Delivery, DeploymentQueue, now_ms
+from tiffin.registry import Registry
+
+log = structlog.get_logger("proxy")
+
+WAIT_DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
+_READ_BLOCK_MS = 1000
+_CANCEL_CHECK_S = 1.0
+_CONNECT_RETRIES = 3
+
+
+class Proxy:
+    """Drains one deployment's queue into one API server, at most `api.concurrency` requests at once."""
+
+    def __init__(
+        self,
+        deployment: Deployment,
+        queue: DeploymentQueue,
+        registry: Registry,
+        session: aiohttp.ClientSession,
+        replica_id: str,
+        upstream_url: str,
+    ) -> None:
+        self.deployment = deployment
+        self.queue = queue
+        self.registry = registry
+        self.session = session
+        self.replica_id = replica_id
+        self.upstream_url = upstream_url
+        self.concurrency = deployment.api.concurrency
+        self.stopping = asyncio.Event()
+        self._active: set[asyncio.Task[None]] = set()
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+
+    @property
+    def busy(self) -> int:
+        return len(self._active)
+
+    async def consume(self) -> None:
+        """Read new entries while there is capacity, until `stopping` is set."""
+        while not self.stopping.is_set():
+            await self._capacity.wait()
+            free = self.concurrency - self.busy
+            deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
+            for delivery in deliveries:
+                self._spawn(delivery)
+
+    async def reclaim_loop(self, interval_s: float) -> None:
+        """Serve requests held by replicas that died (their heartbeat lapsed) before answering."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), interval_s)
+            if self.stopping.is_set():
+                return
+            try:
+                free = self.concurrency - self.busy
+                for delivery in await self.queue.reclaim(self.replica_id, self.registry.is_alive, free):
+                    log.info("reclaimed", request_id=delivery.envelope.request_id)
+                    self._spawn(delivery)
+            except Exception as exc:  # reclaiming is best effort; the next round retries
+                log.warning("reclaim_failed", error=str(exc))
+
+    async def drain(self, timeout_s: float) -> None:
+        """Let in-flight requests finish; past the timeout, leave them pending for another replica."""
+        if self._active:
+            log.info("draining", in_flight=self.busy)
+            _done, pending = await asyncio.wait(self._active, timeout=timeout_s)
+            for task in pending:
+                task.cancel()
+
+    def _spawn(self, delivery: Delivery) -> None:
+        task = asyncio.create_task(self._handle(delivery), name=f"req-{delivery.envelope.request_id}")
+        self._active.add(task)
+        if self.busy >= self.concurrency:
+            self._capacity.clear()
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.discard(task)
+        self._capacity.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request_task_failed", error=repr(task.exception()))
+
+    async def _handle(self, delivery: Delivery) -> None:
+        envelope = delivery.envelope
+        rid = envelope.request_id
+        state = await self.queue.take(rid, self.replica_id)
+        if state == "started":
+            # Another replica began this reply and died: bytes may have reached the client, so no replay.
+            await self.queue.send(
+                envelope.reply_to,
+                Frame.fail(rid, self.replica_id, 502, "the replica serving this request failed mid-reply",
+                           "replica_failed"),
+            )  # fmt: skip
+            await self.queue.finish(delivery.entry_id)
+            log.warning("abandoned_mid_reply", request_id=rid)
+            return
+        if state != "taken":
+            await self.queue.finish(delivery.entry_id)
+            log.info("skipped", request_id=rid, state=state)
+            return
+        started = time.monotonic()
+        stream = asyncio.create_task(self._forward(envelope.request_id, delivery))
+        try:
+            await self._watch_cancellation(rid, stream)
+        finally:
+            await self.queue.finish(delivery.entry_id)
+        log.info(
+            "forwarded",
+            request_id=rid,
+            redelivered=delivery.redelivered,
+            queue_ms=now_ms() - envelope.enqueued_ms - round((time.monotonic() - started) * 1000),
+            upstream_ms=round((time.monotonic() - started) * 1000, 1),
+            cancelled=stream.cancelled(),
+        )
+
+    async def _watch_cancellation(self, rid: str, stream: asyncio.Task[None]) -> None:
+        """Abort the upstream call if the client has gone away (its state says 'cancelled' or has expired)."""
+        while True:
+            done, _ = await asyncio.wait({stream}, timeout=_CANCEL_CHECK_S)
+            if done:
+                return
+            if await self.queue.state(rid) not in ("taken", "started"):
+                stream.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await stream
+                return
+
+    async def _forward(self, rid: str, delivery: Delivery) -> None:
+        envelope = delivery.envelope
+        queue_ms = now_ms() - envelope.enqueued_ms
+        headers = {**envelope.headers, WAIT_DEADLINE_HEADER: str(envelope.wait_deadline_ms)}
+        timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=envelope.upstream_timeout_s)
+        head_sent = False
+        try:
+            for attempt in range(_CONNECT_RETRIES):
+                try:
+                    async with self.session.post(
+                        self.upstream_url + envelope.path, data=envelope.body, headers=headers, timeout=timeout
+                    ) as resp:
+                        reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
+                        reply_headers[QUEUE_MS_HEADER] = str(queue_ms)
+                        await self.queue.start(envelope, Frame.head(rid, self.replica_id, resp.status, reply_headers))
+                        head_sent = True
+                        async for data in resp.content.iter_any():
+                            await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data))
+                        await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
+                        return
+                except aiohttp.ClientConnectorError:
+                    # Nothing reached the API server: safe to try again shortly.
+                    if attempt == _CONNECT_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.5 * (attempt + 1))
+        except TimeoutError:
+            await self._fail(envelope.reply_to, rid, 504, "the API server did not answer in time", "upstream_timeout")
+        except aiohttp.ClientError as exc:
+            code = "upstream_failed_mid_reply" if head_sent else "upstream_failed"
+            await self._fail(envelope.reply_to, rid, 502, f"the API server failed: {exc!r}", code)
+
+    async def _fail(self, reply_to: str, rid: str, status: int, message: str, code: str) -> None:
+        log.warning("upstream_error", request_id=rid, status=status, code=code, error=message)
+        await self.queue.send(reply_to, Frame.fail(rid, self.replica_id, status, message, code))

@@ -1,0 +1,43 @@
+"""Typed reads of prefixed environment variables, for each component's `config.py`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SystemExit(f"environment variable {name}={raw!r} must be a whole number") from exc
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"environment variable {name}={raw!r} must be a number") from exc
+
+
+def env_paths(name: str) -> list[Path]:
+    """A `:`-separated list of paths (like PATH)."""
+    raw = os.environ.get(name, "")
+    return [Path(p) for p in raw.split(os.pathsep) if p]
+
+
+def redis_url() -> str:
+    """`REDIS_URL` points every part of tiffin at one Redis."""
+    return os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)

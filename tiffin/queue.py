@@ -1,0 +1,220 @@
+"""The deployment queue contract: both sides (interceptor enqueues and cancels, proxies take and answer).
+
+Each request has a state hash (`keys.request`) next to its stream entry. Transitions are atomic scripts:
+
+    queued --take--> taken --start (head frame written)--> started --finish--> (entry deleted)
+       \\--cancel (client gone / wait deadline)--> cancelled: proxies acknowledge and skip it
+
+A taken-but-not-started entry whose proxy died is delivered again; a started one is answered with an error
+frame instead, because reply bytes may already have reached the client.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from tiffin import keys
+from tiffin.exceptions import QueueFull
+from tiffin.frames import Envelope, Fields, Frame
+
+# Reply streams are read continuously; the cap only guards against a reader that stopped for good.
+REPLY_STREAM_MAXLEN = 100_000
+
+_ENQUEUE = """
+local len = redis.call('XLEN', KEYS[1])
+local pending = 0
+local ok, info = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[2])
+if ok and type(info) == 'table' then pending = info[1] end
+if len - pending >= tonumber(ARGV[1]) then return false end
+redis.call('HSET', KEYS[2], 'state', 'queued')
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+"""
+
+# ARGV[1]: entry id; ARGV[2]: '1' to cancel even a taken request (client gone), '0' only a queued one.
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled')
+  redis.call('XDEL', KEYS[2], ARGV[1])
+  return 'cancelled'
+end
+if (st == 'taken' or st == 'started') and ARGV[2] == '1' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled')
+  return 'cancelled'
+end
+return st
+"""
+
+_TAKE = """
+local st = redis.call('HGET', KEYS[1], 'state')
+if st == 'queued' or st == 'taken' then
+  redis.call('HSET', KEYS[1], 'state', 'taken', 'owner', ARGV[1], 'taken_ms', ARGV[2])
+  return 'taken'
+end
+return st
+"""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A queue entry handed to a proxy."""
+
+    entry_id: bytes
+    envelope: Envelope
+    redelivered: bool = False
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class DeploymentQueue:
+    """One deployment's request stream and the request states beside it."""
+
+    def __init__(self, redis: Redis, deployment: str) -> None:
+        self.redis = redis
+        self.deployment = deployment
+        self.key = keys.queue(deployment)
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._cancel = redis.register_script(_CANCEL)
+        self._take = redis.register_script(_TAKE)
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group if missing (idempotent)."""
+        try:
+            await self.redis.xgroup_create(self.key, keys.GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # --- interceptor side -------------------------------------------------------------------------
+
+    async def enqueue(self, envelope: Envelope, max_waiting: int, ttl_s: int) -> bytes:
+        """Add a request unless `max_waiting` requests already wait; returns the stream entry id."""
+        args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s]
+        for name, value in envelope.to_fields().items():
+            args.extend((name, value))
+        entry = await self._enqueue(keys=[self.key, keys.request(envelope.request_id)], args=args)
+        if entry is None:
+            raise QueueFull(f"deployment '{self.deployment}' has {max_waiting} requests waiting already; retry shortly")
+        return bytes(entry)
+
+    async def cancel(self, request_id: str, entry_id: bytes, *, even_if_taken: bool) -> str | None:
+        """Cancel a request; returns the state it is left in ('cancelled', 'taken', 'started', None if gone)."""
+        state = await self._cancel(
+            keys=[keys.request(request_id), self.key], args=[entry_id, "1" if even_if_taken else "0"]
+        )
+        return _text(state)
+
+    async def forget(self, request_id: str) -> None:
+        await self.redis.delete(keys.request(request_id))
+
+    async def depth(self) -> tuple[int, int]:
+        """(waiting, in flight at proxies) for this deployment."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(self.key)
+            pipe.xpending(self.key, keys.GROUP)
+            try:
+                length, pending = await pipe.execute()
+            except ResponseError:  # no group yet: nothing was ever enqueued
+                return 0, 0
+        in_flight = int(pending["pending"])
+        return max(0, int(length) - in_flight), in_flight
+
+    # --- proxy side -------------------------------------------------------------------------------
+
+    async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
+        """New entries for this consumer (blocks up to `block_ms`)."""
+        reply: Any = await self.redis.xreadgroup(keys.GROUP, consumer, {self.key: ">"}, count=count, block=block_ms)
+        out: list[Delivery] = []
+        for _stream, entries in reply or []:
+            out.extend(self._deliveries(entries, redelivered=False))
+        return out
+
+    async def take(self, request_id: str, consumer: str) -> str | None:
+        """Claim the request for serving; anything but 'taken' means skip it (see module docstring)."""
+        state = await self._take(keys=[keys.request(request_id)], args=[consumer, now_ms()])
+        return _text(state)
+
+    async def state(self, request_id: str) -> str | None:
+        return _text(await self.redis.hget(keys.request(request_id), "state"))
+
+    async def start(self, envelope: Envelope, head: Frame) -> None:
+        """Write the head frame and mark the request started, atomically: from here it is never replayed."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.request(envelope.request_id), "state", "started")
+            pipe.xadd(envelope.reply_to, head.to_fields(),  # type: ignore[arg-type]
+                      maxlen=REPLY_STREAM_MAXLEN, approximate=True,
+                      nomkstream=True)  # fmt: skip
+            await pipe.execute()
+
+    async def send(self, reply_to: str, frame: Frame) -> None:
+        """Append a frame to an interceptor's reply stream (never recreating an expired one)."""
+        await self.redis.xadd(
+            reply_to,
+            frame.to_fields(),  # type: ignore[arg-type]
+            maxlen=REPLY_STREAM_MAXLEN,
+            approximate=True,
+            nomkstream=True,
+        )
+
+    async def finish(self, entry_id: bytes) -> None:
+        """Acknowledge and delete an entry: answered, skipped, or failed with an error frame."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.key, keys.GROUP, entry_id)
+            pipe.xdel(self.key, entry_id)
+            await pipe.execute()
+
+    async def reclaim(self, consumer: str, is_alive: Callable[[str], Awaitable[bool]], count: int) -> list[Delivery]:
+        """Claim up to `count` pending entries whose consumer is no longer alive.
+
+        Idle time alone is no sign of death (a healthy LLM stream can run for minutes), so ownership is
+        judged by the owner's heartbeat; XCLAIM with the observed idle time makes racing claimers safe.
+        """
+        if count <= 0:
+            return []
+        pending: Any = await self.redis.xpending_range(self.key, keys.GROUP, min="-", max="+", count=100)
+        claimed: list[Delivery] = []
+        verdicts: dict[str, bool] = {consumer: True}
+        for item in pending:
+            owner = _text(item["consumer"]) or ""
+            if owner not in verdicts:
+                verdicts[owner] = await is_alive(owner)
+            if verdicts[owner]:
+                continue
+            entries: Any = await self.redis.xclaim(
+                self.key, keys.GROUP, consumer, min_idle_time=int(item["time_since_delivered"]),
+                message_ids=[item["message_id"]],
+            )  # fmt: skip
+            live = [(eid, fields) for eid, fields in entries if fields]
+            for eid, fields in entries:
+                if not fields:  # deleted under us (cancelled while queued): only the pending slot is left
+                    await self.finish(eid)
+            claimed.extend(self._deliveries(live, redelivered=True))
+            if len(claimed) >= count:
+                break
+        for owner, alive in verdicts.items():
+            if not alive:
+                await self._drop_consumer_if_idle(owner)
+        return claimed
+
+    async def _drop_consumer_if_idle(self, owner: str) -> None:
+        consumers: Any = await self.redis.xinfo_consumers(self.key, keys.GROUP)
+        for info in consumers:
+            if _text(info["name"]) == owner and int(info["pending"]) == 0:
+                await self.redis.xgroup_delconsumer(self.key, keys.GROUP, owner)
+
+    @staticmethod
+    def _deliveries(entries: list[tuple[bytes, Fields]], redelivered: bool) -> list[Delivery]:
+        return [Delivery(eid, Envelope.from_fields(fields), redelivered) for eid, fields in entries]
