@@ -101,11 +101,10 @@ class Proxy:
         state = await self.queue.take(rid, self.replica_id)
         if state == "started":
             # Another replica began this reply and died: bytes may have reached the client, so no replay.
-            await self.queue.send(
-                envelope.reply_to,
-                Frame.fail(rid, self.replica_id, 502, "the replica serving this request failed mid-reply",
-                           "replica_failed"),
-            )  # fmt: skip
+            # The error is signed with the dead owner's id: the interceptor follows that replica's frames only.
+            owner = await self.queue.owner(rid) or self.replica_id
+            message = "the replica serving this request failed mid-reply"
+            await self.queue.send(envelope.reply_to, Frame.fail(rid, owner, 502, message, "replica_failed"))
             await self.queue.finish(delivery.entry_id)
             log.warning("abandoned_mid_reply", request_id=rid)
             return

@@ -35,3 +35,14 @@ def log_dir(tmp_path: Path) -> Path:
     path = tmp_path / "logs"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache holding SmolLM2 converted from its GGUF package once per session (about 25 s)."""
+    from tiffin.models import resolve_model
+
+    cache = tmp_path_factory.mktemp("model-cache")
+    resolved = resolve_model("smollm2", cache)
+    assert resolved.converted
+    return cache

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tiffin.exceptions import ConfigError
 from tiffin.models import is_builtin
@@ -108,11 +108,13 @@ class Deployment(_Strict):
             raise ValueError("must be 1-63 lowercase letters, digits or '-', starting and ending alphanumeric")
         return value
 
-    @model_validator(mode="after")
-    def _model_source(self) -> Deployment:
-        if not is_builtin(self.model) and not self.model.strip():
-            raise ValueError("model must name a folder or a built-in model")
-        return self
+    @field_validator("model")
+    @classmethod
+    def _model_source(cls, value: str) -> str:
+        # A field validator (not a model validator) so the problem is reported under `model`.
+        if not value.strip():
+            raise ValueError("must name a folder or a built-in model (smollm2)")
+        return value
 
     @property
     def model_name(self) -> str:

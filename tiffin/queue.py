@@ -61,6 +61,21 @@ end
 return st
 """
 
+# Claim one pending entry only if ARGV[4] still owns it: a racing reclaimer that got there first has
+# changed the owner, so the entry is never handed out twice (XCLAIM's min-idle-time alone cannot promise
+# that when the observed idle time is small). An entry deleted while pending (cancelled while queued) is
+# acknowledged instead of claimed. Returns nil (not claimed), {} (cleaned up) or {id, {field, value, ...}}.
+_CLAIM = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if #p == 0 or p[1][2] ~= ARGV[4] then return false end
+local claimed = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3])
+if not claimed[1] then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+  return {}
+end
+return claimed[1]
+"""
+
 
 def now_ms() -> int:
     return int(time.time() * 1000)
@@ -89,6 +104,7 @@ class DeploymentQueue:
         self._enqueue = redis.register_script(_ENQUEUE)
         self._cancel = redis.register_script(_CANCEL)
         self._take = redis.register_script(_TAKE)
+        self._claim = redis.register_script(_CLAIM)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -125,10 +141,13 @@ class DeploymentQueue:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xlen(self.key)
             pipe.xpending(self.key, keys.GROUP)
-            try:
-                length, pending = await pipe.execute()
-            except ResponseError:  # no group yet: nothing was ever enqueued
-                return 0, 0
+            length, pending = await pipe.execute(raise_on_error=False)
+        if isinstance(length, Exception):
+            raise length
+        if isinstance(pending, ResponseError) and "NOGROUP" in str(pending):
+            return int(length), 0  # no group yet (no proxy ever started): whatever is queued is waiting
+        if isinstance(pending, Exception):
+            raise pending
         in_flight = int(pending["pending"])
         return max(0, int(length) - in_flight), in_flight
 
@@ -149,6 +168,10 @@ class DeploymentQueue:
 
     async def state(self, request_id: str) -> str | None:
         return _text(await self.redis.hget(keys.request(request_id), "state"))
+
+    async def owner(self, request_id: str) -> str | None:
+        """The consumer that last took the request."""
+        return _text(await self.redis.hget(keys.request(request_id), "owner"))
 
     async def start(self, envelope: Envelope, head: Frame) -> None:
         """Write the head frame and mark the request started, atomically: from here it is never replayed."""
@@ -180,7 +203,8 @@ class DeploymentQueue:
         """Claim up to `count` pending entries whose consumer is no longer alive.
 
         Idle time alone is no sign of death (a healthy LLM stream can run for minutes), so ownership is
-        judged by the owner's heartbeat; XCLAIM with the observed idle time makes racing claimers safe.
+        judged by the owner's heartbeat; claiming only while the dead owner still holds the entry makes
+        racing claimers safe.
         """
         if count <= 0:
             return []
@@ -193,15 +217,14 @@ class DeploymentQueue:
                 verdicts[owner] = await is_alive(owner)
             if verdicts[owner]:
                 continue
-            entries: Any = await self.redis.xclaim(
-                self.key, keys.GROUP, consumer, min_idle_time=int(item["time_since_delivered"]),
-                message_ids=[item["message_id"]],
-            )  # fmt: skip
-            live = [(eid, fields) for eid, fields in entries if fields]
-            for eid, fields in entries:
-                if not fields:  # deleted under us (cancelled while queued): only the pending slot is left
-                    await self.finish(eid)
-            claimed.extend(self._deliveries(live, redelivered=True))
+            entry: Any = await self._claim(
+                keys=[self.key], args=[keys.GROUP, consumer, item["message_id"], owner]
+            )
+            if not entry:  # taken by a racing reclaimer, or deleted while pending and now acknowledged
+                continue
+            eid, flat = entry
+            fields: Fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            claimed.extend(self._deliveries([(eid, fields)], redelivered=True))
             if len(claimed) >= count:
                 break
         for owner, alive in verdicts.items():

