@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,10 +52,8 @@ class Proc:
             except subprocess.TimeoutExpired:
                 self.kill()
         # vLLM's workers live in the same group: make sure nothing outlives the test.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.popen.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self._log.close()
         return self.popen.returncode
 

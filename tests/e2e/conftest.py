@@ -75,15 +75,23 @@ class Stack:
 
     def start_runner(self, deployment: str, name: str) -> tuple[Proc, int]:
         port = free_port()
-        proc = Proc.module(name, "runtime.runner", self.env(
-            TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_RUNNER_PORT=str(port)), self.log_dir)
+        proc = Proc.module(
+            name,
+            "runtime.runner",
+            self.env(TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_RUNNER_PORT=str(port)),
+            self.log_dir,
+        )
         self.procs[name] = proc
         return proc, port
 
     def start_api(self, deployment: str, name: str) -> tuple[Proc, int]:
         port = free_port()
-        proc = Proc.module(name, "runtime.api", self.env(
-            TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_API_PORT=str(port)), self.log_dir)
+        proc = Proc.module(
+            name,
+            "runtime.api",
+            self.env(TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_API_PORT=str(port)),
+            self.log_dir,
+        )
         self.procs[name] = proc
         proc.wait_http(f"http://127.0.0.1:{port}/health")
         return proc, port
@@ -91,9 +99,17 @@ class Stack:
     def start_proxy(self, deployment: str, replica_id: str, api_port: int) -> Proc:
         """The sidecar of the API-server replica `replica_id` (its process is named `{replica_id}-proxy`)."""
         name = f"{replica_id}-proxy"
-        proc = Proc.module(name, "proxy", self.env(
-            TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=replica_id,
-            TIFFIN_UPSTREAM_URL=f"http://127.0.0.1:{api_port}", TIFFIN_DRAIN_TIMEOUT_S="5"), self.log_dir)
+        proc = Proc.module(
+            name,
+            "proxy",
+            self.env(
+                TIFFIN_DEPLOYMENT=deployment,
+                TIFFIN_REPLICA_ID=replica_id,
+                TIFFIN_UPSTREAM_URL=f"http://127.0.0.1:{api_port}",
+                TIFFIN_DRAIN_TIMEOUT_S="5",
+            ),
+            self.log_dir,
+        )
         self.procs[name] = proc
         return proc
 
@@ -118,7 +134,7 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
     events = []
     for block in raw.decode().split("\n\n"):
         if block.startswith("data: ") and block != "data: [DONE]":
-            events.append(json.loads(block[len("data: "):]))
+            events.append(json.loads(block[len("data: ") :]))
     return events
 
 

@@ -132,21 +132,25 @@ async def test_full_queue_answers_429_with_retry_after(stack: Stack) -> None:
 
 
 async def test_wait_deadline_answers_504_and_withdraws_the_request(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(stack.url + "/v1/completions", json={"model": "slow-wake"}) as resp:
-            assert resp.status == 504
-            assert int(resp.headers["Retry-After"]) >= 1
-            assert (await resp.json())["error"]["code"] == "wait_timeout"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + "/v1/completions", json={"model": "slow-wake"}) as resp,
+    ):
+        assert resp.status == 504
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert (await resp.json())["error"]["code"] == "wait_timeout"
     await wait_depth(stack, "slow-wake", 0, timeout_s=1)
 
 
 async def test_request_id_and_queue_wait_are_logged_once_per_request(stack: Stack) -> None:
-    async with aiohttp.ClientSession() as session:
-        async with session.post(stack.url + "/v1/chat/completions", json=chat("echo", "log me")) as resp:
-            assert resp.status == 200
-            request_id = resp.headers["X-Request-Id"]
-            assert float(resp.headers["X-Tiffin-Queue-Ms"]) >= 0
-            assert (await resp.json())["choices"][0]["message"]["content"] == "echo: log me"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(stack.url + "/v1/chat/completions", json=chat("echo", "log me")) as resp,
+    ):
+        assert resp.status == 200
+        request_id = resp.headers["X-Request-Id"]
+        assert float(resp.headers["X-Tiffin-Queue-Ms"]) >= 0
+        assert (await resp.json())["choices"][0]["message"]["content"] == "echo: log me"
     log_path: Path = stack.procs["interceptor"].log_path
     deadline = time.monotonic() + 5
     lines: list[dict[str, Any]] = []

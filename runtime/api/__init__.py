@@ -1,0 +1,1 @@
+"""The API server: OpenAI-compatible endpoints of one deployment, balanced over its ready runners."""
