@@ -46,7 +46,11 @@ class ReplyReader:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Cancel until it is done: on Python 3.11 asyncio.wait_for (which redis-py uses to send every
+            # command) can swallow a cancellation that lands as the send completes, and the loop would run on.
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=0.01)
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(RedisError):
@@ -70,7 +74,9 @@ class ReplyReader:
                         self._dispatch(fields)
                     # Everything up to what was read is delivered: keep the stream short.
                     await self.redis.xtrim(self.key, minid=self._last_id)
-                if loop.time() - refreshed > self.ttl_s / 4:
+                # A read that timed out may mean the stream is gone (expired or deleted under us): proxies
+                # never recreate it, so every reply would be dropped until the next refresh; check at once.
+                if not reply or loop.time() - refreshed > self.ttl_s / 4:
                     await self._ensure_stream()
                     refreshed = loop.time()
             except asyncio.CancelledError:

@@ -217,9 +217,7 @@ class DeploymentQueue:
                 verdicts[owner] = await is_alive(owner)
             if verdicts[owner]:
                 continue
-            entry: Any = await self._claim(
-                keys=[self.key], args=[keys.GROUP, consumer, item["message_id"], owner]
-            )
+            entry: Any = await self._claim(keys=[self.key], args=[keys.GROUP, consumer, item["message_id"], owner])
             if not entry:  # taken by a racing reclaimer, or deleted while pending and now acknowledged
                 continue
             eid, flat = entry

@@ -71,20 +71,26 @@ class Registry:
     async def keep(self, replica_id: str, info: dict[str, Any]) -> AsyncIterator[None]:
         """Register now, heartbeat in the background, deregister on exit."""
         await self.register(replica_id, info)
-        task = asyncio.create_task(self._beat(replica_id, info), name=f"heartbeat-{replica_id}")
+        stop = asyncio.Event()
+        task = asyncio.create_task(self._beat(replica_id, info, stop), name=f"heartbeat-{replica_id}")
         try:
             yield
         finally:
+            # The event as well as cancel(): on Python 3.11 asyncio.wait_for (which redis-py uses to send every
+            # command) can swallow a cancellation that lands as the send completes, and the loop would run on.
+            stop.set()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             with contextlib.suppress(Exception):
                 await self.deregister(replica_id)
 
-    async def _beat(self, replica_id: str, info: dict[str, Any]) -> None:
+    async def _beat(self, replica_id: str, info: dict[str, Any], stop: asyncio.Event) -> None:
         interval = self.ttl_ms / 3000
-        while True:
+        while not stop.is_set():
             await asyncio.sleep(interval)
+            if stop.is_set():
+                return
             try:
                 if not await self.is_alive(replica_id):
                     await self.register(replica_id, info)  # lapsed during a stall: come back explicitly
