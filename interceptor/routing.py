@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tiffin.config import Deployment
+from tiffin.config import Deployment, normalize_host
 from tiffin.exceptions import NotFound
 
 
@@ -43,7 +43,7 @@ class Router:
 
     def match(self, host: str, path: str) -> Route:
         """Find the deployments for `host` and `path`; host-specific routes and longer prefixes win."""
-        host = host.lower().rsplit(":", 1)[0] if host.count(":") == 1 else host.lower()
+        host = normalize_host(host)
         best: list[Deployment] = []
         best_rank: tuple[int, int] = (-1, -1)
         for deployment in self.deployments:

@@ -18,6 +18,16 @@ from tiffin.models import is_builtin
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: also a Kubernetes name later
 
 
+def normalize_host(value: str) -> str:
+    """Lower-case host without its port; IPv6 literals bracketed: '[::1]:8080' and '::1' -> '[::1]'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.index("]") + 1] if "]" in value else value
+    if value.count(":") > 1:
+        return f"[{value}]"
+    return value.split(":", 1)[0]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -41,7 +51,7 @@ class Routing(_Strict):
     @field_validator("hosts")
     @classmethod
     def _hosts(cls, value: list[str]) -> list[str]:
-        return [h.lower().split(":")[0] for h in value]
+        return [normalize_host(h) for h in value]
 
 
 class ApiServer(_Strict):

@@ -12,7 +12,7 @@ frame instead, because reply bytes may already have reached the client.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,10 +208,9 @@ class DeploymentQueue:
         """
         if count <= 0:
             return []
-        pending: Any = await self.redis.xpending_range(self.key, keys.GROUP, min="-", max="+", count=100)
         claimed: list[Delivery] = []
         verdicts: dict[str, bool] = {consumer: True}
-        for item in pending:
+        async for item in self._pending():
             owner = _text(item["consumer"]) or ""
             if owner not in verdicts:
                 verdicts[owner] = await is_alive(owner)
@@ -229,6 +228,17 @@ class DeploymentQueue:
             if not alive:
                 await self._drop_consumer_if_idle(owner)
         return claimed
+
+    async def _pending(self, page: int = 100, max_pages: int = 50) -> AsyncIterator[Any]:
+        """Pending entries, oldest first, page by page (live consumers may hold many ahead of a dead one)."""
+        start = "-"
+        for _ in range(max_pages):
+            items: Any = await self.redis.xpending_range(self.key, keys.GROUP, min=start, max="+", count=page)
+            for item in items:
+                yield item
+            if len(items) < page:
+                return
+            start = "(" + _text(items[-1]["message_id"])  # type: ignore[operator]
 
     async def _drop_consumer_if_idle(self, owner: str) -> None:
         consumers: Any = await self.redis.xinfo_consumers(self.key, keys.GROUP)

@@ -20,6 +20,15 @@ from tiffin.queue import now_ms
 
 log = structlog.get_logger("tiffin.registry")
 
+_SWEEP = """
+local lapsed = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+for _, id in ipairs(lapsed) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+end
+return #lapsed
+"""
+
 
 class Registry:
     """Ready replicas of one component of one deployment."""
@@ -31,6 +40,7 @@ class Registry:
         self.ttl_ms = int(ttl_s * 1000)
         self._set = keys.replicas(deployment, component)
         self._info = keys.replica_info(deployment, component)
+        self._sweep = redis.register_script(_SWEEP)
 
     async def register(self, replica_id: str, info: dict[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -55,12 +65,8 @@ class Registry:
     async def ready(self) -> dict[str, dict[str, Any]]:
         """Live replicas with their info; sweeps lapsed ones."""
         now = now_ms()
-        lapsed = await self.redis.zrangebyscore(self._set, "-inf", now)
-        if lapsed:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zremrangebyscore(self._set, "-inf", now)
-                pipe.hdel(self._info, *lapsed)
-                await pipe.execute()
+        # One script: a replica re-registering between listing and deleting must not lose its info.
+        await self._sweep(keys=[self._set, self._info], args=[now])
         ids: list[bytes] = await self.redis.zrangebyscore(self._set, now, "+inf")  # type: ignore[assignment]
         if not ids:
             return {}

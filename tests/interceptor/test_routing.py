@@ -175,3 +175,11 @@ def test_no_deployments_route_nothing() -> None:
         Router([]).match("h", CHAT)
 
     assert caught.value.code == "route_not_found"
+
+
+@pytest.mark.parametrize("configured", ["::1", "[::1]", "[::1]:8080"])
+def test_ipv6_literal_hosts_route_with_and_without_port(configured: str) -> None:
+    router = Router([dep("v6", hosts=[configured]), dep("any")])
+    assert router.match("[::1]:8080", CHAT).candidates[0].name == "v6"
+    assert router.match("[::1]", CHAT).candidates[0].name == "v6"
+    assert router.match("127.0.0.1:8080", CHAT).candidates[0].name == "any"

@@ -485,3 +485,15 @@ async def test_reclaimed_delivery_can_be_taken_by_the_new_consumer(queue: Deploy
     assert again.entry_id == first.entry_id
     assert again.envelope == first.envelope
     assert await queue.take("r1", "proxy-new") == "taken"
+
+
+async def test_reclaim_finds_a_dead_consumers_entry_behind_many_live_ones(queue: DeploymentQueue) -> None:
+    await queue.ensure_group()
+    for i in range(250):
+        await queue.enqueue(envelope(f"live-{i}"), max_waiting=1000, ttl_s=60)
+    assert len(await queue.read("live", count=250, block_ms=10)) == 250
+    await queue.enqueue(envelope("orphan"), max_waiting=1000, ttl_s=60)
+    assert len(await queue.read("dead", count=1, block_ms=10)) == 1
+    claimed = await queue.reclaim("rescuer", alive_except("dead"), count=5)
+    assert [d.envelope.request_id for d in claimed] == ["orphan"]
+    assert all(d.redelivered for d in claimed)
