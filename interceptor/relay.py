@@ -31,6 +31,8 @@ from tiffin.queue import DeploymentQueue, now_ms
 
 log = structlog.get_logger("interceptor")
 
+SSE_DONE = b"data: [DONE]\n\n"
+
 
 @dataclass
 class Outcome:
@@ -42,6 +44,8 @@ class Outcome:
     queue_ms: float | None = None
     started: float = field(default_factory=time.monotonic)
     detail: str | None = None
+    delivered: bool = False
+    """The client has the whole answer (an SSE stream's `[DONE]` went out), even if it hangs up first."""
 
 
 class Relay:
@@ -117,6 +121,9 @@ class Relay:
             outcome.queue_ms = float(queue_ms) if queue_ms else None
             return await self._relay(request, inbox, head, deployment, outcome)
         except (asyncio.CancelledError, ConnectionResetError):
+            if outcome.delivered:
+                # OpenAI clients close a stream as soon as they read `[DONE]`: that is a finished answer.
+                raise
             # The client went away: withdraw the request so no replica spends time on it.
             outcome.status, outcome.detail = 499, "client_closed"
             if entry_id is not None:
@@ -186,6 +193,7 @@ class Relay:
                 continue  # a second replica answering a redelivered copy: one answer only
             if frame.kind is FrameKind.CHUNK:
                 await response.write(frame.data)
+                outcome.delivered = sse and frame.data.endswith(SSE_DONE)
             elif frame.kind is FrameKind.END:
                 break
             elif frame.kind is FrameKind.ERROR:

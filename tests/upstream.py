@@ -4,6 +4,7 @@
 
 Replies say `echo: <last user message or prompt>`. Hooks come from the body field "tiffin_test" (an object):
     "delay_s": float     pause before each streamed chunk (once, before a non-streamed reply)
+    "linger_s": float    after a stream's `data: [DONE]`, keep the response open this long before ending it
     "hold_once": KEY     the first request with KEY never answers (until its client goes away); later ones do
     "status": int        answer with this HTTP status and an OpenAI error body
 GET /_test/arrivals lists every request received ({"key", "at"}); GET /_test/disconnects counts held requests
@@ -120,6 +121,9 @@ async def generate(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(delay)
         await resp.write(b"data: " + json.dumps(_chunk(chat, rid, name, piece)).encode() + b"\n\n")
     await resp.write(b"data: [DONE]\n\n")
+    linger = float(hooks.get("linger_s", 0))
+    if linger:
+        await asyncio.sleep(linger)  # a server whose close lags its last event, as vLLM's can
     await resp.write_eof()
     return resp
 

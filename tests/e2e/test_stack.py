@@ -55,6 +55,18 @@ async def wait_depth(stack: Stack, deployment: str, waiting: int, timeout_s: flo
         await client.aclose()
 
 
+def request_log_lines(stack: Stack, request_id: str, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+    """The interceptor's JSON log lines about one request (its line is written as the request ends)."""
+    log_path: Path = stack.procs["interceptor"].log_path
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [json.loads(line) for line in log_path.read_text().splitlines()
+                 if request_id in line and line.startswith("{")]  # fmt: skip
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
 def test_openai_client_gets_a_reply_through_every_hop(stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     reply = client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hello there"}])
@@ -65,11 +77,18 @@ def test_openai_client_gets_a_reply_through_every_hop(stack: Stack) -> None:
 def test_openai_client_streams_token_by_token(stack: Stack) -> None:
     client = openai.OpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0, timeout=60)
     stream = client.chat.completions.create(
-        model="echo", messages=[{"role": "user", "content": "one two three four"}], stream=True
+        model="echo",
+        messages=[{"role": "user", "content": "one two three four"}],
+        stream=True,
+        extra_body={"tiffin_test": {"linger_s": 1.0}},
     )
     deltas = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
     assert "".join(deltas).strip() == "echo: one two three four"
     assert len(deltas) >= 4
+    stream.close()
+    # The client hangs up right after `[DONE]`: that is a delivered answer, not a client abort (499).
+    [line] = request_log_lines(stack, stream.response.headers["x-request-id"])
+    assert line["status"] == 200
 
 
 async def test_stream_chunks_reach_the_client_as_they_are_produced(stack: Stack) -> None:
@@ -151,13 +170,7 @@ async def test_request_id_and_queue_wait_are_logged_once_per_request(stack: Stac
         request_id = resp.headers["X-Request-Id"]
         assert float(resp.headers["X-Tiffin-Queue-Ms"]) >= 0
         assert (await resp.json())["choices"][0]["message"]["content"] == "echo: log me"
-    log_path: Path = stack.procs["interceptor"].log_path
-    deadline = time.monotonic() + 5
-    lines: list[dict[str, Any]] = []
-    while not lines and time.monotonic() < deadline:
-        lines = [json.loads(line) for line in log_path.read_text().splitlines()
-                 if request_id in line and line.startswith("{")]  # fmt: skip
-        await asyncio.sleep(0.05)
+    lines = request_log_lines(stack, request_id)
     assert len(lines) == 1
     assert lines[0]["deployment"] == "echo" and lines[0]["status"] == 200
     assert lines[0]["queue_wait_ms"] is not None and lines[0]["upstream_ms"] is not None

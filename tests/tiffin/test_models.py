@@ -19,6 +19,8 @@ def test_smollm2_is_converted_once_into_a_servable_folder(smollm2_cache: Path) -
     config = json.loads((again.path / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
     assert (again.path / "model.safetensors").stat().st_size > 400_000_000  # float32, dequantized
+    generation = json.loads((again.path / "generation_config.json").read_text())
+    assert generation["temperature"] == 0.2 and generation["top_p"] == 0.9  # the model card's defaults
 
 
 def test_converted_smollm2_loads_and_speaks_chatml(smollm2_cache: Path) -> None:
