@@ -56,6 +56,7 @@ class Stack:
     admin_port: int
     redis: EmbeddedRedis
     procs: dict[str, Proc] = field(default_factory=dict)
+    runner_port: int = 0
 
     @property
     def url(self) -> str:

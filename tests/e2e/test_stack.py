@@ -29,7 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ]
     stack = make_stack(folder, configs)
     try:
-        stack.start_runner("echo", "echo-runner-1")
+        _, stack.runner_port = stack.start_runner("echo", "echo-runner-1")
         _, api_port = stack.start_api("echo", "echo-api-1")
         stack.start_proxy("echo", "echo-api-1", api_port)
         stack.start_interceptor()
@@ -187,3 +187,38 @@ async def test_admin_port_serves_health_and_metrics(stack: Stack) -> None:
     assert "tiffin_queue_wait_seconds_bucket" in text
     async with aiohttp.ClientSession() as session, session.get(stack.url + "/metrics") as resp:
         assert resp.status == 404  # metrics are not on the public port
+
+
+async def test_proxy_takes_no_more_than_its_concurrency_and_cancels_abandoned_work(stack: Stack) -> None:
+    """Six held requests, api.concurrency 4: four in flight, two waiting; clients leave, the runner is told."""
+    runner = f"http://127.0.0.1:{stack.runner_port}"
+    async with aiohttp.ClientSession() as probe:
+        async with probe.get(runner + "/_test/disconnects") as resp:
+            disconnects_before = await resp.json()
+        async with aiohttp.ClientSession() as session:
+            held = [
+                asyncio.create_task(session.post(stack.url + "/v1/chat/completions",
+                                                 json=chat("echo", "hold", tiffin_test={"hold_once": f"cap-{i}"})))
+                for i in range(6)
+            ]  # fmt: skip
+            client = connect(stack.redis_url)
+            queue = DeploymentQueue(client, "echo")
+            deadline = time.monotonic() + 20
+            while await queue.depth() != (2, 4):
+                assert time.monotonic() < deadline, f"depth stayed {await queue.depth()}, expected (2, 4)"
+                await asyncio.sleep(0.05)
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+        # Every abandoned request leaves the queue, and the four in flight are aborted at the runner.
+        deadline = time.monotonic() + 20
+        while await queue.depth() != (0, 0):
+            assert time.monotonic() < deadline, f"depth stayed {await queue.depth()} after the clients left"
+            await asyncio.sleep(0.05)
+        await client.aclose()
+        while True:
+            async with probe.get(runner + "/_test/disconnects") as resp:
+                if await resp.json() - disconnects_before == 4:
+                    break
+            assert time.monotonic() < deadline, "the runner never saw the abandoned requests go away"
+            await asyncio.sleep(0.05)

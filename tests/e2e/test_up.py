@@ -11,6 +11,7 @@ import openai
 from tests.e2e.conftest import write_deployment
 from tests.e2e.up import Up
 from tests.procs import ROOT
+from tiffin.redis_server import EmbeddedRedis
 
 
 def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
@@ -44,3 +45,18 @@ def test_up_with_a_bad_file_names_the_problem_and_starts_nothing(tmp_path: Path)
     assert f"{bad}: limits.max_queue: Input should be greater than or equal to 1" in result.stderr
     assert "nothing was started" in result.stderr
     assert not (tmp_path / "state").exists()
+
+
+def test_up_uses_an_external_redis_when_redis_url_is_set(tmp_path: Path) -> None:
+    external = EmbeddedRedis(tmp_path / "external-redis")
+    external.start()
+    up = Up([write_deployment(tmp_path, "echo")], tmp_path / "state", env={"REDIS_URL": external.url})
+    try:
+        up.wait_for_line("ready: echo", timeout_s=120)
+        assert f"redis       external, {external.url}" in up.proc.log()
+        client = openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        assert client.completions.create(model="echo", prompt="elsewhere").choices[0].text == "echo: elsewhere"
+    finally:
+        assert up.proc.stop(timeout_s=90) == 0
+        external.stop()
+    assert not (tmp_path / "state" / "redis").exists()  # no embedded Redis was started
