@@ -29,6 +29,17 @@ class ProcessSpec:
         return [sys.executable, "-m", self.module]
 
 
+def tail(path: Path, lines: int) -> list[str]:
+    """The last non-empty lines of a log file (what a user needs to see when a process dies)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 16_384))
+            text = handle.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line[:300] for line in text.splitlines() if line.strip()][-lines:]
+
+
 class ManagedProcess:
     """A child with its log file; restarted with backoff if it exits while it should run."""
 
@@ -63,6 +74,8 @@ class ManagedProcess:
                 return
             self.restarts += 1
             self.say(f"{self.spec.name} exited with code {code}; restarting in {backoff:.0f}s (log: {self.log_path})")
+            for line in tail(self.log_path, 5):
+                self.say(f"  {self.spec.name}| {line}")
             await asyncio.sleep(backoff)  # crash-loop backoff, not synchronisation
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
             if self._wanted:
