@@ -1,0 +1,117 @@
+"""What the gateway costs: the same load sent straight to an OpenAI-compatible upstream and through tiffin.
+
+    .venv/bin/python bench/overhead.py [--requests 400] [--concurrency 16] [--rounds 3]
+
+Runs `tiffin up` with tests/upstream.py as the runner (an echo server, so the engine's own time is ~0 and what
+is measured is tiffin's path: interceptor -> Redis -> proxy -> API server -> runner and back). Rounds alternate
+direct and tiffin runs on this machine and the report gives ratios, since absolute timings on shared machines
+are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tiffin.redis_server import free_port  # noqa: E402
+
+
+def write_config(folder: Path) -> Path:
+    (folder / "model").mkdir()
+    (folder / "model" / "config.json").write_text("{}")
+    upstream = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{port}",
+                "--served-model-name", "{served_model_name}"]  # fmt: skip
+    config = {"name": "echo", "model": str(folder / "model"), "api": {"concurrency": 64},
+              "runner": {"command": upstream, "concurrency": 64}}  # fmt: skip
+    path = folder / "echo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def load(url: str, requests: int, concurrency: int, stream: bool) -> list[float]:
+    """Latencies (s) of `requests` chat completions sent `concurrency` at a time."""
+    body = {"model": "echo", "stream": stream,
+            "messages": [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}]}  # fmt: skip
+    latencies: list[float] = []
+    todo = iter(range(requests))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+
+        async def worker() -> None:
+            for _ in todo:
+                started = time.perf_counter()
+                async with session.post(url + "/v1/chat/completions", json=body) as resp:
+                    await resp.read()
+                    assert resp.status == 200, resp.status
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1000
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        port, admin = free_port(), free_port()
+        log = (folder / "up.log").open("w")
+        up = subprocess.Popen([sys.executable, "-m", "tiffin", "up", str(write_config(folder)), "--port", str(port),
+                               "--admin-port", str(admin), "--state-dir", str(folder / "state")],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while "ready: echo" not in (text := (folder / "up.log").read_text()):
+                assert up.poll() is None and time.monotonic() < deadline, text
+                await asyncio.sleep(0.2)
+            match = re.search(r"runner \(custom command\) on :(\d+)", text)
+            assert match, text
+            targets = {"direct": f"http://127.0.0.1:{match.group(1)}", "tiffin": f"http://127.0.0.1:{port}"}
+            for stream in (False, True):
+                for url in targets.values():  # warm-up: connections, caches
+                    await load(url, 50, args.concurrency, stream)
+                results: dict[str, list[float]] = {name: [] for name in targets}
+                walls: dict[str, float] = dict.fromkeys(targets, 0.0)
+                for _ in range(args.rounds):
+                    for name, url in targets.items():
+                        started = time.perf_counter()
+                        results[name] += await load(url, args.requests, args.concurrency, stream)
+                        walls[name] += time.perf_counter() - started
+                kind = "streaming" if stream else "non-streaming"
+                print(f"\n{kind}: {args.rounds} x {args.requests} requests, concurrency {args.concurrency}")
+                print(f"{'':8} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'req/s':>8}")
+                for name, lat in results.items():
+                    rps = len(lat) / walls[name]
+                    print(f"{name:8} {pct(lat, 0.5):8.2f} {pct(lat, 0.99):8.2f} "
+                          f"{statistics.mean(lat) * 1000:8.2f} {rps:8.0f}")  # fmt: skip
+                d, t = results["direct"], results["tiffin"]
+                print(f"ratio tiffin/direct: p50 x{pct(t, 0.5) / pct(d, 0.5):.1f}, p99 x{pct(t, 0.99) / pct(d, 0.99):.1f}, "
+                      f"throughput x{(len(t) / walls['tiffin']) / (len(d) / walls['direct']):.2f}")  # fmt: skip
+        finally:
+            up.send_signal(signal.SIGINT)
+            up.wait(120)
+            log.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
