@@ -10,7 +10,7 @@ import aiohttp
 import structlog
 
 from tiffin.config import Deployment
-from tiffin.frames import QUEUE_MS_HEADER, REPLY_HEADERS, Frame
+from tiffin.frames import QUEUE_MS_HEADER, REPLY_HEADERS, Envelope, Frame
 from tiffin.queue import Delivery, DeploymentQueue, now_ms
 from tiffin.registry import Registry
 
@@ -112,8 +112,9 @@ class Proxy:
             await self.queue.finish(delivery.entry_id)
             log.info("skipped", request_id=rid, state=state)
             return
+        queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
-        stream = asyncio.create_task(self._forward(envelope.request_id, delivery))
+        stream = asyncio.create_task(self._forward(envelope, queue_ms))
         try:
             await self._watch_cancellation(rid, stream)
         finally:
@@ -122,7 +123,7 @@ class Proxy:
             "forwarded",
             request_id=rid,
             redelivered=delivery.redelivered,
-            queue_ms=now_ms() - envelope.enqueued_ms - round((time.monotonic() - started) * 1000),
+            queue_ms=queue_ms,
             upstream_ms=round((time.monotonic() - started) * 1000, 1),
             cancelled=stream.cancelled(),
         )
@@ -139,9 +140,8 @@ class Proxy:
                     await stream
                 return
 
-    async def _forward(self, rid: str, delivery: Delivery) -> None:
-        envelope = delivery.envelope
-        queue_ms = now_ms() - envelope.enqueued_ms
+    async def _forward(self, envelope: Envelope, queue_ms: int) -> None:
+        rid = envelope.request_id
         headers = {**envelope.headers, WAIT_DEADLINE_HEADER: str(envelope.wait_deadline_ms)}
         timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=envelope.upstream_timeout_s)
         head_sent = False
