@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import yaml
@@ -40,6 +41,14 @@ def write_config(folder: Path) -> Path:
     path = folder / "echo.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def launch(folder: Path, port: int, admin: int) -> tuple[subprocess.Popen[bytes], IO[str]]:
+    """`tiffin up` in the background, its output in folder/up.log."""
+    log = (folder / "up.log").open("w")
+    command = [sys.executable, "-m", "tiffin", "up", str(write_config(folder)), "--port", str(port),
+               "--admin-port", str(admin), "--state-dir", str(folder / "state")]  # fmt: skip
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log
 
 
 async def load(url: str, requests: int, concurrency: int, stream: bool) -> list[float]:
@@ -75,10 +84,7 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         port, admin = free_port(), free_port()
-        log = (folder / "up.log").open("w")
-        up = subprocess.Popen([sys.executable, "-m", "tiffin", "up", str(write_config(folder)), "--port", str(port),
-                               "--admin-port", str(admin), "--state-dir", str(folder / "state")],
-                              stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+        up, log = launch(folder, port, admin)
         try:
             deadline = time.monotonic() + 120
             while "ready: echo" not in (text := (folder / "up.log").read_text()):
@@ -105,8 +111,9 @@ async def main() -> None:
                     print(f"{name:8} {pct(lat, 0.5):8.2f} {pct(lat, 0.99):8.2f} "
                           f"{statistics.mean(lat) * 1000:8.2f} {rps:8.0f}")  # fmt: skip
                 d, t = results["direct"], results["tiffin"]
-                print(f"ratio tiffin/direct: p50 x{pct(t, 0.5) / pct(d, 0.5):.1f}, p99 x{pct(t, 0.99) / pct(d, 0.99):.1f}, "
-                      f"throughput x{(len(t) / walls['tiffin']) / (len(d) / walls['direct']):.2f}")  # fmt: skip
+                throughput = (len(t) / walls["tiffin"]) / (len(d) / walls["direct"])
+                p50, p99 = pct(t, 0.5) / pct(d, 0.5), pct(t, 0.99) / pct(d, 0.99)
+                print(f"ratio tiffin/direct: p50 x{p50:.1f}, p99 x{p99:.1f}, throughput x{throughput:.2f}")
         finally:
             up.send_signal(signal.SIGINT)
             up.wait(120)
