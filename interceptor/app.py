@@ -11,11 +11,10 @@ from interceptor import metrics
 from interceptor.relay import Relay
 from tiffin.errors import error_response
 from tiffin.exceptions import MethodNotAllowed, NotFound, RequestError
+from tiffin.frames import COMPLETION_PATHS
 
 RELAY = web.AppKey("relay", Relay)
 REDIS = web.AppKey("redis", Redis)
-
-COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 
 
 def public_app(relay: Relay) -> web.Application:

@@ -10,13 +10,12 @@ import aiohttp
 import structlog
 
 from tiffin.config import Deployment
-from tiffin.frames import QUEUE_MS_HEADER, REPLY_HEADERS, Envelope, Frame
+from tiffin.frames import QUEUE_MS_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER, Envelope, Frame
 from tiffin.queue import Delivery, DeploymentQueue, now_ms
 from tiffin.registry import Registry
 
 log = structlog.get_logger("proxy")
 
-WAIT_DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
 _READ_BLOCK_MS = 1000
 _CANCEL_CHECK_S = 1.0
 _CONNECT_RETRIES = 3

@@ -16,6 +16,10 @@ Fields = dict[bytes, bytes]
 
 # Request headers worth carrying to the API server; hop-by-hop and edge-only headers stay at the edge.
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-request-id", "openai-organization")
+# The OpenAI endpoints that travel through the queue (the interceptor accepts them behind a route prefix).
+COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Set by the proxy on requests to its API server: the epoch-ms until which the request may wait for a runner.
+WAIT_DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
 # Set by the proxy on the head frame: how long the request waited in the queue before a replica took it.
 QUEUE_MS_HEADER = "x-tiffin-queue-ms"
 # Response headers worth carrying back to the client.

@@ -31,13 +31,12 @@ from tiffin.exceptions import (
     UpstreamFailed,
     UpstreamTimeout,
 )
+from tiffin.frames import COMPLETION_PATHS, WAIT_DEADLINE_HEADER
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
 
 log = structlog.get_logger("runtime.api")
 
-DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
-OPENAI_PATHS = ("/v1/chat/completions", "/v1/completions")
 # Framing and connection headers belong to each hop; the client already decompressed the body.
 _HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding", "date", "server"}
 
@@ -94,7 +93,7 @@ def create_app(settings: ApiSettings) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/v1/models", models)
-    for path in OPENAI_PATHS:
+    for path in COMPLETION_PATHS:
         app.router.add_post(path, complete)
     return app
 
@@ -203,13 +202,13 @@ async def _read_body(request: web.Request, deployment: Deployment) -> bytes:
 
 def _deadline(request: web.Request, deployment: Deployment) -> float:
     """When to give up waiting for a runner, on the time.monotonic() clock."""
-    raw = request.headers.get(DEADLINE_HEADER)
+    raw = request.headers.get(WAIT_DEADLINE_HEADER)
     if raw is None:
         return time.monotonic() + deployment.limits.wait_timeout_s
     try:
         epoch_ms = float(raw)
     except ValueError as exc:
-        raise BadRequest(f"{DEADLINE_HEADER} must be epoch milliseconds") from exc
+        raise BadRequest(f"{WAIT_DEADLINE_HEADER} must be epoch milliseconds") from exc
     return time.monotonic() + (epoch_ms / 1000 - time.time())
 
 

@@ -74,26 +74,19 @@ class Stack:
         proc.wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
         return proc
 
-    def start_runner(self, deployment: str, name: str) -> tuple[Proc, int]:
+    def _start_replica(self, module: str, port_var: str, deployment: str, name: str) -> tuple[Proc, int]:
         port = free_port()
-        proc = Proc.module(
-            name,
-            "runtime.runner",
-            self.env(TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_RUNNER_PORT=str(port)),
-            self.log_dir,
-        )
-        self.procs[name] = proc
+        env = self.env(TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, **{port_var: str(port)})
+        self.procs[name] = proc = Proc.module(name, module, env, self.log_dir)
         return proc, port
 
+    def start_runner(self, deployment: str, name: str) -> tuple[Proc, int]:
+        """A runner replica; it registers once its engine is ready (not awaited here)."""
+        return self._start_replica("runtime.runner", "TIFFIN_RUNNER_PORT", deployment, name)
+
     def start_api(self, deployment: str, name: str) -> tuple[Proc, int]:
-        port = free_port()
-        proc = Proc.module(
-            name,
-            "runtime.api",
-            self.env(TIFFIN_DEPLOYMENT=deployment, TIFFIN_REPLICA_ID=name, TIFFIN_API_PORT=str(port)),
-            self.log_dir,
-        )
-        self.procs[name] = proc
+        """An API server replica, awaited until its /health answers."""
+        proc, port = self._start_replica("runtime.api", "TIFFIN_API_PORT", deployment, name)
         proc.wait_http(f"http://127.0.0.1:{port}/health")
         return proc, port
 
