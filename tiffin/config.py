@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tiffin.exceptions import ConfigError
 from tiffin.models import is_builtin
@@ -54,16 +54,41 @@ class Routing(_Strict):
         return [normalize_host(h) for h in value]
 
 
-class ApiServer(_Strict):
+class _Scaled(_Strict):
+    """Replica bounds and the load per replica the autoscaler aims for (KEDA's min/max and target)."""
+
+    concurrency: int
+    min_replicas: int = Field(0, ge=0, le=1000, description="Replicas kept at rest; 0 scales to zero when idle.")
+    max_replicas: int = Field(4, ge=1, le=1000, description="Most replicas under load.")
+    target: float | None = Field(
+        None, gt=0, description="Requests per replica the autoscaler aims for; default: concurrency."
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> _Scaled:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        if self.target is not None and self.target > self.concurrency:
+            raise ValueError(f"target ({self.target:g}) is above concurrency ({self.concurrency})")
+        return self
+
+    @property
+    def scale_target(self) -> float:
+        """The metric value one replica should carry: `target`, else `concurrency`."""
+        return self.target if self.target is not None else float(self.concurrency)
+
+
+class ApiServer(_Scaled):
     """The API server component (CPU): one proxy sidecar beside each replica."""
 
     concurrency: int = Field(32, ge=1, le=10_000, description="Requests one API server replica takes at once.")
 
 
-class Runner(_Strict):
+class Runner(_Scaled):
     """The runner component: vLLM's OpenAI-compatible server (or another one named by `command`)."""
 
     concurrency: int = Field(8, ge=1, le=10_000, description="Requests one runner replica serves at once.")
+    max_replicas: int = Field(1, ge=1, le=1000, description="Most replicas under load (one per GPU you have).")
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments: max_model_len: 2048 -> --max-model-len 2048."
     )
@@ -100,6 +125,17 @@ class Limits(_Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
 
 
+class Scaling(_Strict):
+    """When a deployment goes back to zero, and how eagerly it sheds replicas."""
+
+    idle_period_s: float = Field(
+        300, ge=0, description="With nothing waiting or in flight for this long, scale to min_replicas (the cooldown)."
+    )
+    scale_down_window_s: float = Field(
+        60, ge=0, description="Scale down only to the highest count wanted within this window (no flapping)."
+    )
+
+
 class Deployment(_Strict):
     """One model deployment, as written in its YAML file."""
 
@@ -110,6 +146,7 @@ class Deployment(_Strict):
     api: ApiServer = Field(default_factory=ApiServer)  # type: ignore[arg-type]
     runner: Runner = Field(default_factory=Runner)  # type: ignore[arg-type]
     limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
+    scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
 
     @field_validator("name")
     @classmethod
@@ -134,6 +171,14 @@ class Deployment(_Strict):
     @property
     def accepted_models(self) -> set[str]:
         return {self.model_name, *self.routing.models}
+
+    def component(self, name: str) -> ApiServer | Runner:
+        """The `api` or `runner` section."""
+        if name == "api":
+            return self.api
+        if name == "runner":
+            return self.runner
+        raise ValueError(f"unknown component {name!r}; expected 'api' or 'runner'")
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:

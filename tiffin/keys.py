@@ -35,3 +35,37 @@ def replicas(deployment: str, component: Component) -> str:
 def replica_info(deployment: str, component: Component) -> str:
     """Hash of replica id -> JSON description (url, concurrency, started_at)."""
     return f"{PREFIX}:replica-info:{deployment}:{component}"
+
+
+WAKE_CHANNEL = f"{PREFIX}:wake"
+"""Pub/sub channel: a deployment's name is published when a request is enqueued while it is not warm."""
+
+
+def activity(deployment: str) -> str:
+    """Epoch-ms of the deployment's last enqueue or finished request: the idle period counts from here."""
+    return f"{PREFIX}:activity:{deployment}"
+
+
+def waking(deployment: str) -> str:
+    """Set (NX, expiring) by the request that found the deployment cold: the start of a cold start."""
+    return f"{PREFIX}:waking:{deployment}"
+
+
+def cold_start(deployment: str) -> str:
+    """Hash of the last finished cold start: duration_ms, at_ms."""
+    return f"{PREFIX}:cold-start:{deployment}"
+
+
+def runner_load(deployment: str) -> str:
+    """Sorted set of API server replica ids reporting runner load, scored by the epoch-ms their report lapses."""
+    return f"{PREFIX}:runner-load:{deployment}"
+
+
+def runner_load_values(deployment: str) -> str:
+    """Hash of API server replica id -> JSON runner load report (see `tiffin.load.LoadReport`)."""
+    return f"{PREFIX}:runner-load-values:{deployment}"
+
+
+def desired(deployment: str) -> str:
+    """Hash of component -> replica count wanted, written only by the single scaling writer (+ updated_ms)."""
+    return f"{PREFIX}:desired:{deployment}"

@@ -26,6 +26,10 @@ from tiffin.frames import Envelope, Fields, Frame
 # Reply streams are read continuously; the cap only guards against a reader that stopped for good.
 REPLY_STREAM_MAXLEN = 100_000
 
+# KEYS: queue, request state, activity, api registry, runner registry, waking.
+# ARGV: max waiting, group, state ttl s, now ms, deployment, wake channel, waking ttl ms, fields...
+# Returns false (full) or {entry id, 0 warm | 1 cold | 2 cold and this request started the wake}. The wake is
+# published in the same script as the enqueue, so a scaler's open StreamIsActive hears it at once.
 _ENQUEUE = """
 local len = redis.call('XLEN', KEYS[1])
 local pending = 0
@@ -34,7 +38,16 @@ if ok and type(info) == 'table' then pending = info[1] end
 if len - pending >= tonumber(ARGV[1]) then return false end
 redis.call('HSET', KEYS[2], 'state', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 8))
+redis.call('SET', KEYS[3], ARGV[4])
+local now = tonumber(ARGV[4])
+local cold = 0
+if redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') == 0 or redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') == 0 then
+  cold = 1
+  if redis.call('SET', KEYS[6], ARGV[4], 'NX', 'PX', ARGV[7]) then cold = 2 end
+  redis.call('PUBLISH', ARGV[6], ARGV[5])
+end
+return {id, cold}
 """
 
 # ARGV[1]: entry id; ARGV[2]: '1' to cancel even a taken request (client gone), '0' only a queued one.
@@ -82,6 +95,16 @@ def now_ms() -> int:
 
 
 @dataclass(frozen=True)
+class Admission:
+    """An enqueued request, and whether it found the deployment cold (no ready API server or runner)."""
+
+    entry_id: bytes
+    cold: bool
+    woke: bool
+    """This request started the cold start (the first to find the deployment cold)."""
+
+
+@dataclass(frozen=True)
 class Delivery:
     """A queue entry handed to a proxy."""
 
@@ -118,13 +141,26 @@ class DeploymentQueue:
 
     async def enqueue(self, envelope: Envelope, max_waiting: int, ttl_s: int) -> bytes:
         """Add a request unless `max_waiting` requests already wait; returns the stream entry id."""
-        args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s]
+        return (await self.admit(envelope, max_waiting, ttl_s)).entry_id
+
+    async def admit(self, envelope: Envelope, max_waiting: int, ttl_s: int, wake_ttl_s: float = 600) -> Admission:
+        """Enqueue (bounded like `enqueue`), mark activity, and publish a wake if the deployment is not warm.
+
+        `wake_ttl_s` bounds how long a cold start started by this request is remembered if it never finishes.
+        """
+        now = now_ms()
+        args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s, now, self.deployment, keys.WAKE_CHANNEL,
+                                         int(wake_ttl_s * 1000)]  # fmt: skip
         for name, value in envelope.to_fields().items():
             args.extend((name, value))
-        entry = await self._enqueue(keys=[self.key, keys.request(envelope.request_id)], args=args)
-        if entry is None:
+        script_keys = [self.key, keys.request(envelope.request_id), keys.activity(self.deployment),
+                       keys.replicas(self.deployment, "api"), keys.replicas(self.deployment, "runner"),
+                       keys.waking(self.deployment)]  # fmt: skip
+        reply: Any = await self._enqueue(keys=script_keys, args=args)
+        if reply is None:
             raise QueueFull(f"deployment '{self.deployment}' has {max_waiting} requests waiting already; retry shortly")
-        return bytes(entry)
+        entry, cold = reply
+        return Admission(bytes(entry), cold=int(cold) > 0, woke=int(cold) == 2)
 
     async def cancel(self, request_id: str, entry_id: bytes, *, even_if_taken: bool) -> str | None:
         """Cancel a request; returns the state it is left in ('cancelled', 'taken', 'started', None if gone)."""
@@ -135,6 +171,22 @@ class DeploymentQueue:
 
     async def forget(self, request_id: str) -> None:
         await self.redis.delete(keys.request(request_id))
+
+    async def oldest_waiting_ms(self) -> int | None:
+        """Epoch-ms at which the oldest request still waiting (not yet read by a proxy) was enqueued."""
+        waiting, in_flight = await self.depth()
+        if waiting == 0:
+            return None
+        # Pending entries are at most `in_flight`, so one of the first in_flight + 1 entries is waiting.
+        entries: Any = await self.redis.xrange(self.key, count=in_flight + 1)
+        pending: set[bytes] = set()
+        if in_flight:
+            items: Any = await self.redis.xpending_range(self.key, keys.GROUP, min="-", max="+", count=in_flight)
+            pending = {bytes(item["message_id"]) for item in items}
+        for entry_id, _fields in entries:
+            if bytes(entry_id) not in pending:
+                return int(bytes(entry_id).split(b"-")[0])
+        return None
 
     async def depth(self) -> tuple[int, int]:
         """(waiting, in flight at proxies) for this deployment."""
@@ -197,6 +249,7 @@ class DeploymentQueue:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.key, keys.GROUP, entry_id)
             pipe.xdel(self.key, entry_id)
+            pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
             await pipe.execute()
 
     async def reclaim(self, consumer: str, is_alive: Callable[[str], Awaitable[bool]], count: int) -> list[Delivery]:

@@ -30,16 +30,14 @@ return #lapsed
 """
 
 
-class Registry:
-    """Ready replicas of one component of one deployment."""
+class ExpiringMap:
+    """Members with JSON info that stay listed only while refreshed: a sorted set of expiries beside a hash."""
 
-    def __init__(self, redis: Redis, deployment: str, component: keys.Component, ttl_s: float = 10.0) -> None:
+    def __init__(self, redis: Redis, set_key: str, info_key: str, ttl_s: float = 10.0) -> None:
         self.redis = redis
-        self.deployment = deployment
-        self.component = component
         self.ttl_ms = int(ttl_s * 1000)
-        self._set = keys.replicas(deployment, component)
-        self._info = keys.replica_info(deployment, component)
+        self._set = set_key
+        self._info = info_key
         self._sweep = redis.register_script(_SWEEP)
 
     async def register(self, replica_id: str, info: dict[str, Any]) -> None:
@@ -104,3 +102,12 @@ class Registry:
                     await self.heartbeat(replica_id)
             except Exception as exc:  # Redis blips must not kill the replica; the TTL covers real outages
                 log.warning("heartbeat_failed", replica=replica_id, error=str(exc))
+
+
+class Registry(ExpiringMap):
+    """Ready replicas of one component of one deployment."""
+
+    def __init__(self, redis: Redis, deployment: str, component: keys.Component, ttl_s: float = 10.0) -> None:
+        super().__init__(redis, keys.replicas(deployment, component), keys.replica_info(deployment, component), ttl_s)
+        self.deployment = deployment
+        self.component = component
