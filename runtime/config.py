@@ -100,6 +100,10 @@ class RunnerSettings(_Common):
     url: str
     """TIFFIN_RUNNER_URL: the address registered for API servers; default http://HOST:PORT (loopback for a
     wildcard HOST), so set it when API servers run on other hosts (e.g. the pod IP in Kubernetes)."""
+    drain_timeout_s: float
+    """TIFFIN_RUNNER_DRAIN_TIMEOUT_S: on SIGTERM, how long the engine keeps serving requests already in flight
+    (as API servers report them) after leaving the registry; default 60. Keep the orchestrator's grace period
+    (Kubernetes' terminationGracePeriodSeconds) above this plus the engine's own stop time."""
 
     @classmethod
     def from_env(cls) -> RunnerSettings:
@@ -111,6 +115,7 @@ class RunnerSettings(_Common):
             port=port,
             cache_dir=default_cache_dir(),
             url=env_str("TIFFIN_RUNNER_URL", "") or local_url(host, port),
+            drain_timeout_s=env_float("TIFFIN_RUNNER_DRAIN_TIMEOUT_S", 60.0),
         )
 
     @property

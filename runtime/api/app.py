@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 
 from runtime.api.balancer import Balancer, Lease
+from runtime.api.load import LoadReporter
 from runtime.config import ApiSettings
 from tiffin.config import Deployment
 from tiffin.errors import error_response, sse_error_event
@@ -32,6 +34,7 @@ from tiffin.exceptions import (
     UpstreamTimeout,
 )
 from tiffin.frames import COMPLETION_PATHS, WAIT_DEADLINE_HEADER
+from tiffin.load import RunnerLoad
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
 
@@ -112,7 +115,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     registry = Registry(redis, dep.name, "runner", settings.heartbeat_ttl_s)
     balancer = app[BALANCER] = Balancer(registry.ready, dep.runner.concurrency)
     app[METRICS].waiting.set_function(lambda: balancer.waiting)
+    # Runs until cleanup, after on_shutdown and the in-flight requests: they count until they end.
+    load = RunnerLoad(redis, dep.name, settings.heartbeat_ttl_s)
+    reporter = LoadReporter(balancer, load, settings.replica_id, settings.heartbeat_ttl_s)
+    reporting = asyncio.create_task(reporter.run(), name="load-report")
     yield
+    # The flag as well as cancel(): on Python 3.11 asyncio.wait_for can swallow a cancellation.
+    reporter.stop()
+    reporting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reporting
+    await reporter.withdraw()
     await http.close()
     await redis.aclose()
     log.info("api_stopped")

@@ -68,6 +68,8 @@ class Balancer:
         self._draining = False
         self.waiting = 0
         """Requests waiting for a runner or a free slot right now."""
+        self.load_changed = asyncio.Event()
+        """Set whenever `waiting` or a runner's load changes; its one reader (the load reporter) clears it."""
 
     def drain(self) -> None:
         """Refuse waiting and new requests from now on (shutting down); leases already out finish."""
@@ -77,6 +79,10 @@ class Balancer:
     def load(self, runner_id: str) -> int:
         """Requests this API server has in flight at `runner_id`."""
         return self._in_flight.get(runner_id, 0)
+
+    def in_flight(self) -> dict[str, int]:
+        """A copy of the requests in flight per runner id (runners with none are left out)."""
+        return dict(self._in_flight)
 
     def suspect(self, runner_id: str) -> None:
         """Skip `runner_id` for `suspect_s` seconds (it refused a connection, say)."""
@@ -100,6 +106,7 @@ class Balancer:
         """
         started = time.monotonic()
         self.waiting += 1
+        self.load_changed.set()
         try:
             while True:
                 if self._draining:
@@ -111,6 +118,7 @@ class Balancer:
                     least = min(self.load(rid) for rid in free)
                     chosen = self._rng.choice([rid for rid in free if self.load(rid) == least])
                     self._in_flight[chosen] = self.load(chosen) + 1
+                    self.load_changed.set()
                     return Lease(self, chosen, runners[chosen], time.monotonic() - started)
                 if not candidates and not wait_for_runners:
                     raise NoRunner("no other runner is ready")
@@ -125,6 +133,7 @@ class Balancer:
                     await asyncio.wait_for(changed.wait(), min(remaining, self.cache_s if candidates else self.poll_s))
         finally:
             self.waiting -= 1
+            self.load_changed.set()
 
     def _release(self, runner_id: str) -> None:
         left = self.load(runner_id) - 1
@@ -132,6 +141,7 @@ class Balancer:
             self._in_flight[runner_id] = left
         else:
             self._in_flight.pop(runner_id, None)  # runners come and go: keep no entry for idle ones
+        self.load_changed.set()
         self._wake()
 
     def _wake(self) -> None:

@@ -1,4 +1,4 @@
-"""The runner's life: resolve the model, start the engine, wait for health, warm up, register, monitor, stop.
+"""The runner's life: resolve the model, start the engine, wait for health, warm up, register, monitor, drain, stop.
 
 Exit codes: 0 after SIGTERM/SIGINT, 1 when the engine failed (so the orchestrator replaces the replica).
 """
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from runtime.config import RunnerSettings
 from runtime.runner.engine import engine_command, engine_env, has_gpu
 from tiffin.exceptions import ModelError
+from tiffin.load import RunnerLoad
 from tiffin.models import resolve_model
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
@@ -35,6 +36,10 @@ HEALTH_POLL_S = 0.5  # while loading: the engine gives no readiness signal but i
 MONITOR_EVERY_S = 5.0
 MONITOR_FAILURES = 3
 STOP_GRACE_S = 30.0
+# API servers cache the registry for 0.5 s and report a new lease within ~0.1 s: one may still arrive meanwhile.
+DRAIN_MIN_S = 1.5
+DRAIN_POLL_S = 0.2
+DRAIN_CHECK_TIMEOUT_S = 2.0
 WARMUP_BODY_PROMPT = "Hello"
 
 
@@ -56,11 +61,16 @@ class Supervisor:
         self.deployment = settings.deployment
         self.redis = redis or connect(settings.redis_url)
         self.stopping = asyncio.Event()
+        self.hurry = asyncio.Event()  # a second signal: stop draining now
         self.proc: asyncio.subprocess.Process | None = None
         self._exited: asyncio.Task[int] | None = None
         self._exit_logged = False
+        self._load_unavailable_logged = False
 
     def request_stop(self) -> None:
+        """First call: stop gracefully (drain); a second one cuts the drain short."""
+        if self.stopping.is_set():
+            self.hurry.set()
         self.stopping.set()
 
     async def run(self) -> int:
@@ -117,7 +127,10 @@ class Supervisor:
             log.info("runner_ready", load_s=round(time.monotonic() - started, 1), url=self.settings.url)
             reason = await self._monitor(http)
         log.info("runner_deregistered", reason=reason)
-        return 0 if reason == "stop" else 1
+        if reason != "stop":
+            return 1
+        await self._drain()
+        return 0
 
     def _engine_gone(self) -> bool:
         if self._exited is None or not self._exited.done():
@@ -127,14 +140,17 @@ class Supervisor:
             log.error("engine_exited", exit_code=self._exited.result())
         return True
 
-    async def _pause(self, seconds: float) -> None:
-        """Wait `seconds`, returning early if the engine exits or a stop is requested."""
-        await self._race(asyncio.sleep(seconds))
+    async def _pause(self, seconds: float, until: asyncio.Event | None = None) -> None:
+        """Wait `seconds`, returning early if the engine exits or `until` (default: a stop request) is set."""
+        await self._race(asyncio.sleep(seconds), until)
 
-    async def _race(self, work: Awaitable[T]) -> T | None:
-        """Run `work` unless the engine exits or a stop is requested first (then cancel it, return None)."""
+    async def _race(self, work: Awaitable[T], until: asyncio.Event | None = None) -> T | None:
+        """Run `work` unless the engine exits or `until` (default: a stop request) is set first.
+
+        Then `work` is cancelled and the result is None.
+        """
         task = asyncio.ensure_future(work)
-        stop = asyncio.create_task(self.stopping.wait())
+        stop = asyncio.create_task((until or self.stopping).wait())
         watch: set[asyncio.Future[Any]] = {task, stop}
         if self._exited is not None:
             watch.add(self._exited)
@@ -223,6 +239,45 @@ class Supervisor:
             log.warning("engine_unhealthy", failures=failures)
             if failures >= MONITOR_FAILURES:
                 return "engine_unhealthy"
+
+    async def _drain(self) -> None:
+        """Out of the registry: let the engine finish what API servers still have in flight at it.
+
+        Waits at least DRAIN_MIN_S, at most the drain timeout (also when Redis cannot say), and no longer once
+        the engine exits or a second signal arrives.
+        """
+        load = RunnerLoad(self.redis, self.deployment.name)
+        timeout_s = self.settings.drain_timeout_s
+        started = time.monotonic()
+        earliest, deadline = started + DRAIN_MIN_S, started + timeout_s
+        in_flight = await self._in_flight(load, deadline)
+        log.info("runner_draining", in_flight=in_flight, timeout_s=timeout_s)
+        outcome = "timeout"
+        while (now := time.monotonic()) < deadline:
+            if in_flight == 0 and now >= earliest:
+                outcome = "idle"
+                break
+            if self._engine_gone():
+                outcome = "engine_exited"
+                break
+            if self.hurry.is_set():
+                outcome = "signal"
+                break
+            await self._pause(min(DRAIN_POLL_S, deadline - now), until=self.hurry)
+            in_flight = await self._in_flight(load, deadline)
+        waited_s = round(time.monotonic() - started, 2)
+        log.info("runner_drained", outcome=outcome, in_flight=in_flight, waited_s=waited_s)
+
+    async def _in_flight(self, load: RunnerLoad, deadline: float) -> int | None:
+        """Requests API servers report at this runner; None when Redis cannot tell in time."""
+        timeout = max(0.05, min(DRAIN_CHECK_TIMEOUT_S, deadline - time.monotonic()))
+        try:
+            return await asyncio.wait_for(load.at_runner(self.settings.replica_id), timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self._load_unavailable_logged:  # once: the check repeats every DRAIN_POLL_S
+                self._load_unavailable_logged = True
+                log.warning("drain_load_unavailable", error=str(exc) or type(exc).__name__)
+            return None
 
     async def _stop_engine(self) -> None:
         """SIGTERM the engine's process group, SIGKILL it after the grace period."""

@@ -6,6 +6,33 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tests.procs import Proc
+
+NAME = "smol"
+"""The deployment every runtime test serves."""
+
+
+@dataclass
+class Server:
+    """A server process of the tests (API server or test upstream) and its port on loopback."""
+
+    proc: Proc
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+StartApi = Callable[..., Awaitable[Server]]
+"""The `start_api` fixture (tests/runtime/conftest.py): `await start_api(env=None, **limits)`."""
+
+
+def chat(content: str, **extra: Any) -> dict[str, Any]:
+    return {"model": NAME, "messages": [{"role": "user", "content": content}], **extra}
 
 
 async def until(check: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0, what: str = "") -> None:

@@ -6,11 +6,7 @@ import asyncio
 import io
 import json
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,87 +14,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from tests.procs import Proc
-from tests.runtime import until
-from tiffin.redis_server import EmbeddedRedis, free_port
+from tests.runtime import NAME, Server, StartApi, chat, until
 from tiffin.registry import Registry
-
-NAME = "smol"
-
-
-@dataclass
-class Server:
-    proc: Proc
-    port: int
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-StartApi = Callable[..., Awaitable[Server]]
 
 
 async def get_json(url: str) -> Any:
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         return await resp.json()
-
-
-@pytest.fixture
-async def runners(redis: Redis, log_dir: Path) -> AsyncIterator[list[Server]]:
-    """Two tests/upstream.py servers, registered as runners r1 and r2 of the deployment."""
-    servers = []
-    for _ in range(2):
-        port = free_port()
-        args = [sys.executable, "tests/upstream.py", "--port", str(port), "--served-model-name", NAME]
-        servers.append(Server(Proc(f"upstream-{port}", args, {}, log_dir), port))
-    registry = Registry(redis, NAME, "runner", ttl_s=300)
-    for index, server in enumerate(servers, 1):
-        await asyncio.to_thread(server.proc.wait_http, f"{server.url}/health")
-        await registry.register(f"r{index}", {"url": server.url, "concurrency": 2, "started_at": time.time()})
-    yield servers
-    for server in servers:
-        await asyncio.to_thread(server.proc.stop)
-
-
-@pytest.fixture
-async def start_api(
-    redis_server: EmbeddedRedis, redis: Redis, tmp_path: Path, log_dir: Path
-) -> AsyncIterator[StartApi]:
-    """Start `python -m runtime.api` for the deployment, with `limits` overridden (on an emptied Redis)."""
-    started: list[Server] = []
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "config.json").write_text("{}")
-
-    async def start(**limits: float) -> Server:
-        deployment = {
-            "name": NAME,
-            "model": "model",
-            "routing": {"models": ["smol-alias"]},
-            "runner": {"concurrency": 2},
-            "limits": limits,
-        }
-        config = tmp_path / f"{NAME}-{len(started)}.yaml"
-        config.write_text(json.dumps(deployment))  # JSON is YAML
-        port = free_port()
-        env = {
-            "TIFFIN_CONFIG": str(config),
-            "TIFFIN_DEPLOYMENT": NAME,
-            "REDIS_URL": redis_server.url,
-            "TIFFIN_API_PORT": str(port),
-        }
-        server = Server(Proc.module(f"api-{port}", "runtime.api", env, log_dir), port)
-        started.append(server)
-        await asyncio.to_thread(server.proc.wait_http, f"{server.url}/health")
-        return server
-
-    yield start
-    for server in started:
-        await asyncio.to_thread(server.proc.stop)
-
-
-def chat(content: str, **extra: Any) -> dict[str, Any]:
-    return {"model": NAME, "messages": [{"role": "user", "content": content}], **extra}
 
 
 async def metric(api: Server, name: str, **labels: str) -> float:

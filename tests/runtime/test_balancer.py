@@ -121,3 +121,26 @@ async def test_drain_answers_waiting_and_new_requests_at_once(redis: Redis) -> N
     await registry.register("a", {"url": "http://a.test"})
     with pytest.raises(Draining):
         await balancer.acquire(soon())
+
+
+async def test_every_change_of_the_numbers_sets_load_changed(redis: Redis) -> None:
+    registry = await registry_with(redis, "a")
+    balancer = Balancer(registry.ready, concurrency=1, poll_s=60, cache_s=60)
+    assert (balancer.waiting, balancer.in_flight()) == (0, {})
+    lease = await balancer.acquire(soon())
+    assert balancer.load_changed.is_set()
+    assert balancer.in_flight() == {"a": 1}
+
+    balancer.load_changed.clear()
+    waiter = asyncio.create_task(balancer.acquire(soon(120)))
+    await until(lambda: balancer.waiting == 1, what="the second request waits")
+    assert balancer.load_changed.is_set()
+
+    balancer.load_changed.clear()
+    lease.release()
+    second = await asyncio.wait_for(waiter, 5)
+    assert balancer.load_changed.is_set()
+    assert (balancer.waiting, balancer.in_flight()) == (0, {"a": 1})
+    snapshot = balancer.in_flight()
+    second.release()
+    assert balancer.in_flight() == {} and snapshot == {"a": 1}  # a copy, not a view
