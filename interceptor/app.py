@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
@@ -9,12 +11,18 @@ from redis.exceptions import RedisError
 
 from interceptor import metrics
 from interceptor.relay import Relay
-from tiffin.errors import error_response
+from tiffin.config import Deployment
+from tiffin.errors import error_body, error_response
 from tiffin.exceptions import MethodNotAllowed, NotFound, RequestError
 from tiffin.frames import COMPLETION_PATHS
+from tiffin.queue import now_ms
+from tiffin.status import read_status
 
 RELAY = web.AppKey("relay", Relay)
 REDIS = web.AppKey("redis", Redis)
+
+# A status read is a handful of round trips; past this, Redis is as good as unreachable for the caller.
+STATUS_TIMEOUT_S = 5.0
 
 
 def public_app(relay: Relay) -> web.Application:
@@ -45,13 +53,15 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def admin_app(relay: Relay, redis: Redis) -> web.Application:
-    """Health, readiness and metrics, on a port that is not exposed publicly."""
+    """Health, readiness, metrics and deployment status, on a port that is not exposed publicly."""
     app = web.Application()
     app[RELAY] = relay
     app[REDIS] = redis
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/status", _status_all)
+    app.router.add_get("/api/status/{name}", _status_one)
     return app
 
 
@@ -71,3 +81,29 @@ async def _readyz(request: web.Request) -> web.Response:
 
 async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _status_all(request: web.Request) -> web.Response:
+    """Every deployment of this interceptor's config, in config order."""
+    return await _status(request, request.app[RELAY].router.deployments)
+
+
+async def _status_one(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    found = [d for d in request.app[RELAY].router.deployments if d.name == name]
+    if not found:
+        return error_response(NotFound(f"no deployment named '{name}'", code="deployment_not_found"))
+    return await _status(request, found, single=True)
+
+
+async def _status(request: web.Request, deployments: list[Deployment], single: bool = False) -> web.Response:
+    redis = request.app[REDIS]
+    try:
+        async with asyncio.timeout(STATUS_TIMEOUT_S):
+            statuses = await asyncio.gather(*(read_status(redis, d) for d in deployments))
+    except (RedisError, OSError, TimeoutError) as exc:
+        message = f"redis is unreachable, so deployment status is unknown: {str(exc) or type(exc).__name__}"
+        return web.json_response(error_body(message, "server_error", "redis_unavailable"), status=503)
+    if single:
+        return web.json_response(statuses[0].to_json())
+    return web.json_response({"deployments": [s.to_json() for s in statuses], "at_ms": now_ms()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -11,10 +12,12 @@ from dataclasses import dataclass, field
 import structlog
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from interceptor import metrics
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
+from tiffin import keys
 from tiffin.config import Deployment
 from tiffin.errors import error_response, sse_error_event
 from tiffin.exceptions import (
@@ -26,8 +29,17 @@ from tiffin.exceptions import (
     UpstreamTimeout,
     WaitTimeout,
 )
-from tiffin.frames import FORWARDED_HEADERS, QUEUE_MS_HEADER, REPLY_HEADERS, Envelope, Frame, FrameKind
-from tiffin.queue import DeploymentQueue, now_ms
+from tiffin.frames import (
+    COLD_START_HEADER,
+    FORWARDED_HEADERS,
+    QUEUE_MS_HEADER,
+    REPLY_HEADERS,
+    Envelope,
+    Frame,
+    FrameKind,
+)
+from tiffin.queue import Admission, DeploymentQueue, now_ms
+from tiffin.status import record_cold_start
 
 log = structlog.get_logger("interceptor")
 
@@ -42,6 +54,8 @@ class Outcome:
     deployment: str = "-"
     status: int = 0
     queue_ms: float | None = None
+    cold_start_ms: int | None = None
+    """Set for a request that found the deployment cold: enqueue until its head frame."""
     started: float = field(default_factory=time.monotonic)
     detail: str | None = None
     delivered: bool = False
@@ -52,6 +66,7 @@ class Relay:
     """Serves the completion endpoints for every deployment of this interceptor."""
 
     def __init__(self, redis: Redis, router: Router, reader: ReplyReader, reply_gap_grace_s: float) -> None:
+        self.redis = redis
         self.router = router
         self.reader = reader
         self.reply_gap_grace_s = reply_gap_grace_s
@@ -113,12 +128,22 @@ class Relay:
         metrics.IN_PROGRESS.labels(deployment.name).inc()
         inbox = self.reader.subscribe(outcome.request_id)
         entry_id: bytes | None = None
+        wake_open = False  # this request started a cold start that is not recorded yet
         try:
-            entry_id = await queue.enqueue(envelope, deployment.limits.max_queue, _state_ttl_s(deployment))
+            admission = await queue.admit(
+                envelope,
+                deployment.limits.max_queue,
+                _state_ttl_s(deployment),
+                wake_ttl_s=deployment.limits.wait_timeout_s,
+            )
+            entry_id, wake_open = admission.entry_id, admission.woke
             head = await self._await_head(inbox, deployment, queue, envelope, entry_id)
             outcome.status = head.status
             queue_ms = head.headers.get(QUEUE_MS_HEADER)
             outcome.queue_ms = float(queue_ms) if queue_ms else None
+            if admission.cold:
+                wake_open = False
+                await self._cold_head(admission, deployment, envelope, head, outcome)
             return await self._relay(request, inbox, head, deployment, outcome)
         except (asyncio.CancelledError, ConnectionResetError):
             if outcome.delivered:
@@ -132,8 +157,33 @@ class Relay:
         finally:
             self.reader.unsubscribe(outcome.request_id)
             metrics.IN_PROGRESS.labels(deployment.name).dec()
+            if wake_open:
+                # It ended without a head (wait deadline, client gone, error frame): let the next cold
+                # request start and time the next cold start.
+                await asyncio.shield(self._clear_wake(deployment.name))
             if entry_id is not None and outcome.status != 499:
                 await asyncio.shield(queue.forget(outcome.request_id))
+
+    async def _cold_head(
+        self, admission: Admission, deployment: Deployment, envelope: Envelope, head: Frame, outcome: Outcome
+    ) -> None:
+        """The head of a request that found the deployment cold: time its wait, and record the cold start."""
+        outcome.cold_start_ms = max(0, now_ms() - envelope.enqueued_ms)
+        if not admission.woke:
+            return
+        if head.status == 503:
+            # No runner came up before the wait deadline (or the replica is draining): the start did not finish.
+            await asyncio.shield(self._clear_wake(deployment.name))
+            return
+        try:
+            await asyncio.shield(record_cold_start(self.redis, deployment.name, outcome.cold_start_ms))
+        except (RedisError, OSError) as exc:  # the answer is on its way; a lost statistic must not stop it
+            log.warning("cold_start_not_recorded", deployment=deployment.name, error=str(exc))
+
+    async def _clear_wake(self, deployment: str) -> None:
+        # Best effort: the mark expires after the wait timeout anyway, and the request's own answer matters more.
+        with contextlib.suppress(RedisError, OSError):
+            await self.redis.delete(keys.waking(deployment))
 
     async def _await_head(
         self,
@@ -183,6 +233,8 @@ class Relay:
             if name in head.headers:
                 response.headers[name] = head.headers[name]
         response.headers["X-Request-Id"] = outcome.request_id
+        if outcome.cold_start_ms is not None:
+            response.headers[COLD_START_HEADER] = str(outcome.cold_start_ms)
         await response.prepare(request)
         sse = head.headers.get("content-type", "").startswith("text/event-stream")
         gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
@@ -221,6 +273,8 @@ class Relay:
             metrics.DURATION.labels(outcome.deployment).observe(total)
             if outcome.queue_ms is not None:
                 metrics.QUEUE_WAIT.labels(outcome.deployment).observe(outcome.queue_ms / 1000)
+            if outcome.cold_start_ms is not None:
+                metrics.COLD_START_WAIT.labels(outcome.deployment).observe(outcome.cold_start_ms / 1000)
         upstream_ms = None if outcome.queue_ms is None else round(total * 1000 - outcome.queue_ms, 1)
         log.info(
             "request",
@@ -228,6 +282,7 @@ class Relay:
             request_id=outcome.request_id,
             status=outcome.status,
             queue_wait_ms=outcome.queue_ms,
+            cold_start_ms=outcome.cold_start_ms,
             upstream_ms=upstream_ms,
             total_ms=round(total * 1000, 1),
             detail=outcome.detail,

@@ -22,6 +22,8 @@ COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")
 WAIT_DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
 # Set by the proxy on the head frame: how long the request waited in the queue before a replica took it.
 QUEUE_MS_HEADER = "x-tiffin-queue-ms"
+# Set by the interceptor on replies to requests that found the deployment cold: how long they waited (ms).
+COLD_START_HEADER = "x-tiffin-cold-start-ms"
 # Response headers worth carrying back to the client.
 REPLY_HEADERS = ("content-type", "cache-control", QUEUE_MS_HEADER)
 

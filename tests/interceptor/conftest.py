@@ -1,0 +1,98 @@
+"""An in-process interceptor on real sockets and a real Redis, and a stand-in proxy speaking the queue contract."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from redis.asyncio import Redis
+
+from interceptor.app import admin_app, public_app
+from interceptor.relay import Relay
+from interceptor.replies import ReplyReader
+from interceptor.routing import Router
+from tiffin.config import Deployment
+from tiffin.frames import Frame
+from tiffin.queue import Delivery, DeploymentQueue
+from tiffin.redis_server import free_port
+
+TIMEOUT_S = 10.0
+
+
+def deployment(name: str, **limits: Any) -> Deployment:
+    return Deployment.model_validate({"name": name, "model": "smollm2", "limits": limits})
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """Serve `app` on a free loopback port; yields its base URL."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Edge:
+    """A running interceptor: its public and admin base URLs and the relay behind them."""
+
+    url: str
+    admin: str
+    relay: Relay
+
+
+@asynccontextmanager
+async def running_edge(redis: Redis, deployments: list[Deployment]) -> AsyncIterator[Edge]:
+    reader = ReplyReader(redis, "edge-test")
+    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0)
+    await relay.ensure_queues()
+    await reader.start()
+    try:
+        async with serving(public_app(relay)) as url, serving(admin_app(relay, redis)) as admin:
+            yield Edge(url, admin, relay)
+    finally:
+        await reader.stop()
+
+
+class StandInProxy:
+    """Takes and answers requests through `tiffin.queue`, as a proxy sidecar does, under the test's control."""
+
+    def __init__(self, redis: Redis, deployment: str, name: str = "proxy-test") -> None:
+        self.queue = DeploymentQueue(redis, deployment)
+        self.name = name
+
+    async def take_one(self) -> Delivery:
+        async with asyncio.timeout(TIMEOUT_S):
+            while True:
+                for delivery in await self.queue.read(self.name, count=1, block_ms=100):
+                    assert await self.queue.take(delivery.envelope.request_id, self.name) == "taken"
+                    return delivery
+
+    async def answer(self, delivery: Delivery, status: int = 200, body: bytes = b'{"ok": true}') -> None:
+        envelope = delivery.envelope
+        rid = envelope.request_id
+        await self.queue.start(envelope, Frame.head(rid, self.name, status, {"content-type": "application/json"}))
+        await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.name, body))
+        await self.queue.send(envelope.reply_to, Frame.end(rid, self.name))
+        await self.queue.finish(delivery.entry_id)
+
+    async def fail(self, delivery: Delivery, status: int, code: str) -> None:
+        envelope = delivery.envelope
+        frame = Frame.fail(envelope.request_id, self.name, status, "the stand-in proxy failed it", code)
+        await self.queue.send(envelope.reply_to, frame)
+        await self.queue.finish(delivery.entry_id)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = TIMEOUT_S) -> None:
+    """Poll an observable condition until it holds (bounded)."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.01)
