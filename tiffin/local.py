@@ -24,6 +24,9 @@ class ProcessSpec:
     module: str
     env: dict[str, str] = field(default_factory=dict)
     stop_timeout_s: float = 60.0
+    fresh_replica_id: bool = False
+    """Give each spawn its own TIFFIN_REPLICA_ID (suffix -N): a restarted queue consumer must not inherit the
+    name of its dead predecessor, or that one's pending requests would look owned by a live replica forever."""
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", self.module]
@@ -49,6 +52,7 @@ class ManagedProcess:
         self.say = say
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
+        self.spawns = 0
         self._wanted = False
         self._watcher: asyncio.Task[None] | None = None
 
@@ -58,7 +62,10 @@ class ManagedProcess:
         self._watcher = asyncio.create_task(self._watch(), name=f"watch-{self.spec.name}")
 
     async def _spawn(self) -> None:
+        self.spawns += 1
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env}
+        if self.spec.fresh_replica_id:
+            env["TIFFIN_REPLICA_ID"] = f"{self.spec.env.get('TIFFIN_REPLICA_ID', self.spec.name)}-{self.spawns}"
         with self.log_path.open("ab") as log:
             # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
             self.process = await asyncio.create_subprocess_exec(

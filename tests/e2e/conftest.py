@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +132,36 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
         if block.startswith("data: ") and block != "data: [DONE]":
             events.append(json.loads(block[len("data: ") :]))
     return events
+
+
+def processes_of(config_dir: Path, deployment: str) -> int:
+    """Live processes started for `deployment` of this test's config (replicas, sidecars, engines)."""
+    marker, wanted = str(config_dir).encode(), f"TIFFIN_DEPLOYMENT={deployment}".encode()
+    count = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue  # gone meanwhile, or not ours
+        if wanted in env and any(e.startswith(b"TIFFIN_CONFIG=") and marker in e for e in env):
+            count += 1
+    return count
+
+
+def status(up: Any) -> dict[str, dict[str, Any]]:
+    """`GET /api/status` of a running stack or `tiffin up` (anything with `admin_port`), by deployment."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{up.admin_port}/api/status", timeout=5) as resp:
+        return {d["name"]: d for d in json.load(resp)["deployments"]}
+
+
+def wait_until(what: str, check: Any, timeout_s: float) -> None:
+    """Poll `check()` (state owned by other processes) until true, failing with `what` after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.2)  # observing other processes; no event to await
 
 
 @pytest.fixture

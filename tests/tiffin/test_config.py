@@ -58,6 +58,11 @@ def test_minimal_file_loads_with_every_default_filled(tmp_path: Path) -> None:
     assert dep.limits.wait_timeout_s == 600
     assert dep.limits.upstream_timeout_s == 300
     assert dep.limits.max_body_bytes == 1_048_576
+    # Serverless by default: both components at zero at rest; one runner (one GPU) at most.
+    assert (dep.api.min_replicas, dep.api.max_replicas, dep.api.scale_target) == (0, 4, 32)
+    assert (dep.runner.min_replicas, dep.runner.max_replicas, dep.runner.scale_target) == (0, 1, 8)
+    assert dep.scaling.idle_period_s == 300
+    assert dep.scaling.scale_down_window_s == 60
 
 
 def test_full_file_keeps_given_values_and_normalises_hosts_and_prefix(tmp_path: Path) -> None:
@@ -264,6 +269,30 @@ def test_example_file_is_valid() -> None:
             "runner.engine_args",
             "'served-model-name' is set by tiffin",
             id="reserved-engine-arg-dashed",
+        ),
+        pytest.param(
+            "name: x\nmodel: smollm2\napi: {min_replicas: 3, max_replicas: 2}\n",
+            "api",
+            "min_replicas (3) is above max_replicas (2)",
+            id="min-above-max",
+        ),
+        pytest.param(
+            "name: x\nmodel: smollm2\nrunner: {concurrency: 4, target: 6}\n",
+            "runner",
+            "target (6) is above concurrency (4)",
+            id="target-above-concurrency",
+        ),
+        pytest.param(
+            "name: x\nmodel: smollm2\nrunner: {min_replicas: -1}\n",
+            "runner.min_replicas",
+            "greater than or equal to 0",
+            id="negative-min-replicas",
+        ),
+        pytest.param(
+            "name: x\nmodel: smollm2\nscaling: {idle_period_s: -5}\n",
+            "scaling.idle_period_s",
+            "greater than or equal to 0",
+            id="negative-idle-period",
         ),
         pytest.param(
             "name: x\nmodel: smollm2\nrunner: {engine_args: {max_model_len: {a: 1}}}\n",

@@ -1,0 +1,139 @@
+"""Scale to zero and back with `tiffin up`: the autoscaler, the scaler and real replica processes.
+
+Runners run the test upstream (`runner.command`), so every tiffin process is the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.e2e.conftest import processes_of, status, wait_until, write_deployment
+from tests.e2e.up import Up
+from tests.procs import ROOT
+
+SCALED = {
+    "api": {"concurrency": 4, "max_replicas": 3},
+    "runner": {"concurrency": 4, "max_replicas": 2},
+    "scaling": {"idle_period_s": 3, "scale_down_window_s": 2},
+    "limits": {"wait_timeout_s": 120, "upstream_timeout_s": 60, "max_queue": 200},
+}
+
+
+class Sampler(threading.Thread):
+    """Records the highest replica counts and process counts seen while a test runs."""
+
+    def __init__(self, up: Up, folder: Path) -> None:
+        super().__init__(daemon=True)
+        self.up, self.folder = up, folder
+        self.done = threading.Event()
+        self.peak: dict[str, int] = {}
+
+    def _max(self, key: str, value: int | None) -> None:
+        self.peak[key] = max(self.peak.get(key, 0), value or 0)
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):  # sampling period, not synchronisation
+            for name, dep in status(self.up).items():
+                for component in ("api", "runner"):
+                    self._max(f"{name}.{component}.desired", dep[component]["desired"])
+                    self._max(f"{name}.{component}.ready", dep[component]["ready"])
+            self._max("bystander.processes", processes_of(self.folder, "bystander"))
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    configs = [write_deployment(tmp_path, "burst", **SCALED), write_deployment(tmp_path, "bystander", **SCALED)]
+    running = Up(configs, tmp_path / "state")
+    try:
+        running.wait_for_line("ready: bystander", timeout_s=120)
+        yield running
+    finally:
+        assert running.proc.stop(timeout_s=180) == 0
+
+
+async def burst(url: str, n: int, delay_s: float) -> list[tuple[int, str, str, str | None]]:
+    """n concurrent chat requests; each answer's status, text, request id and cold-start header."""
+
+    async def one(session: aiohttp.ClientSession, i: int) -> tuple[int, str, str, str | None]:
+        body = {"model": "burst", "messages": [{"role": "user", "content": f"m{i}"}],
+                "tiffin_test": {"delay_s": delay_s}}  # fmt: skip
+        async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+            data = await resp.json()
+            text = data["choices"][0]["message"]["content"] if resp.status == 200 else json.dumps(data)
+            return resp.status, text, resp.headers["X-Request-Id"], resp.headers.get("x-tiffin-cold-start-ms")
+
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+        return await asyncio.gather(*(one(session, i) for i in range(n)))
+
+
+def test_burst_from_zero_scales_each_component_to_its_target_and_back_to_zero(up: Up, tmp_path: Path) -> None:
+    # At rest: nothing of either deployment runs.
+    assert processes_of(tmp_path, "burst") == 0
+    assert processes_of(tmp_path, "bystander") == 0
+    assert {name: d["state"] for name, d in status(up).items()} == {"burst": "idle", "bystander": "idle"}
+
+    sampler = Sampler(up, tmp_path)
+    sampler.start()
+    try:
+        answers = asyncio.run(burst(up.url, 100, delay_s=1.0))
+    finally:
+        sampler.done.set()
+        sampler.join()
+
+    # Every request answered once, with its own answer.
+    assert [a[0] for a in answers] == [200] * 100
+    assert [a[1] for a in answers] == [f"echo: m{i}" for i in range(100)]
+    assert len({a[2] for a in answers}) == 100
+    assert all(a[3] is not None and int(a[3]) > 0 for a in answers)  # all arrived at zero: each waited, and says so
+    # API servers by queue depth (100 / 4 per replica, capped at 3); runners by their own load: 3 API servers
+    # x 4 requests waiting or running at runners = 12, / 4 per runner, capped at 2.
+    assert sampler.peak["burst.api.desired"] == 3
+    assert sampler.peak["burst.runner.desired"] == 2
+    assert sampler.peak["burst.api.ready"] == 3
+    assert sampler.peak["burst.runner.ready"] == 2
+    # The other deployment was never woken.
+    assert sampler.peak["bystander.api.desired"] == 0
+    assert sampler.peak["bystander.runner.desired"] == 0
+    assert sampler.peak["bystander.processes"] == 0
+
+    # Back to zero after the idle period: no process of the deployment is left.
+    wait_until("burst back at zero processes", lambda: processes_of(tmp_path, "burst") == 0, timeout_s=120)
+    final = status(up)["burst"]
+    assert final["state"] == "idle"
+    assert (final["api"]["desired"], final["runner"]["desired"]) == (0, 0)
+    assert final["last_cold_start_s"] is not None and final["last_cold_start_s"] > 0
+    out = up.proc.log()
+    assert "burst api: 0 -> 1 replicas (activation" in out
+    assert "burst runner: 0 -> 1 replicas (activation" in out
+    assert re.search(r"burst api: \d -> 0 replicas \(idle", out)
+    assert re.search(r"burst runner: \d -> 0 replicas \(idle", out)
+
+
+def test_status_cli_shows_the_table_and_the_json(up: Up) -> None:
+    admin = f"http://127.0.0.1:{up.admin_port}"
+    table = subprocess.run([sys.executable, "-m", "tiffin", "status", "--admin", admin],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=True).stdout  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in table.splitlines()[1:-1]}
+    assert rows["burst"][:6] == ["burst", "idle", "0/0", "0/0", "0", "0"]
+    raw = subprocess.run([sys.executable, "-m", "tiffin", "status", "--admin", admin, "--json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60, check=True).stdout  # fmt: skip
+    names = [d["name"] for d in json.loads(raw)["deployments"]]
+    assert names == ["burst", "bystander"]
+
+
+def test_status_cli_without_a_running_tiffin_says_what_to_do() -> None:
+    result = subprocess.run([sys.executable, "-m", "tiffin", "status", "--admin", "http://127.0.0.1:9"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert result.returncode == 1
+    assert "is `tiffin up` running?" in result.stderr

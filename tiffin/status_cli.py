@@ -1,0 +1,51 @@
+"""`tiffin status`: the admin port's `GET /api/status`, as a table or as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+def fetch_status(admin_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """GET /api/status from a running interceptor's admin listener."""
+    with urllib.request.urlopen(admin_url.rstrip("/") + "/api/status", timeout=timeout_s) as resp:
+        data: dict[str, Any] = json.load(resp)
+    return data
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}s"
+
+
+def _replicas(component: dict[str, Any]) -> str:
+    desired = component.get("desired")
+    return f"{component['ready']}/{'-' if desired is None else desired}"
+
+
+def render(data: dict[str, Any]) -> str:
+    """A table: one row per deployment; replica columns read ready/desired."""
+    header = ("DEPLOYMENT", "STATE", "API", "RUNNER", "QUEUED", "IN FLIGHT", "OLDEST WAIT", "LAST COLD START")
+    rows = [header]
+    for dep in data.get("deployments", []):
+        wait, cold = _seconds(dep["oldest_waiting_s"]), _seconds(dep["last_cold_start_s"])
+        rows.append((dep["name"], dep["state"], _replicas(dep["api"]), _replicas(dep["runner"]), str(dep["queued"]),
+                     str(dep["in_flight"]), wait, cold))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join([*lines, "(API and RUNNER: ready/desired replicas)"])
+
+
+def show_status(admin_url: str, as_json: bool) -> int:
+    """Print the status; 1 with a hint when no tiffin answers at `admin_url`."""
+    try:
+        data = fetch_status(admin_url)
+    except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"tiffin: no status from {admin_url} ({reason}); is `tiffin up` running? "
+              "Pass its admin address with --admin.", file=sys.stderr)  # fmt: skip
+        return 1
+    print(json.dumps(data, indent=2) if as_json else render(data))
+    return 0

@@ -1,0 +1,190 @@
+"""`tiffin up`: Redis, the scaler, the interceptor and the local autoscaler, in the foreground.
+
+Replicas are not started here: the autoscaler starts them (at once for `min_replicas`, on the first request
+for deployments at zero) and is the only one that does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import aiohttp
+
+from tiffin.autoscaler import Autoscaler
+from tiffin.config import Deployment
+from tiffin.local import ProcessSpec, Supervisor
+from tiffin.models import default_cache_dir, resolve_model
+from tiffin.redis_conn import connect
+from tiffin.redis_server import EmbeddedRedis, free_port
+from tiffin.registry import Registry
+from tiffin.replicas import LocalReplicas
+from tiffin.scaler_client import ScalerClient
+
+_SCALER_READY_S = 60.0
+
+
+def say(message: str) -> None:
+    print(f"tiffin: {message}", flush=True)
+
+
+def _say_for(name: str, message: str) -> None:
+    say(f"{name}: {message}")
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
+    """Prepare models, start Redis, the scaler, the interceptor and the autoscaler; run until a signal."""
+    for port in (args.port, args.admin_port):
+        if not _port_free(args.host, port):
+            say(f"port {port} on {args.host} is in use; pick another with --port / --admin-port")
+            return 1
+    state_dir: Path = args.state_dir.resolve()
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir: Path = (args.cache_dir or default_cache_dir()).resolve()
+
+    for dep in deployments:
+        progress = functools.partial(_say_for, dep.name)
+        model = await asyncio.to_thread(resolve_model, dep.model, cache_dir, progress)
+        say(f"{dep.name}: model {model.path}")
+
+    redis: EmbeddedRedis | None = None
+    redis_url = os.environ.get("REDIS_URL")
+    if redis_url:
+        say(f"redis       external, {redis_url}")
+    else:
+        redis = EmbeddedRedis(state_dir / "redis")
+        await asyncio.to_thread(redis.start)
+        redis_url = redis.url
+        say(f"redis       embedded, {redis_url} (data: {redis.data_dir})")
+
+    config_env = os.pathsep.join(str(p.resolve()) for p in args.configs)
+    common = {"TIFFIN_CONFIG": config_env, "REDIS_URL": redis_url, "TIFFIN_CACHE_DIR": str(cache_dir)}
+    core, edge = Supervisor(log_dir, say), Supervisor(log_dir, say)
+    replicas = LocalReplicas(log_dir, common, say)
+    client = connect(redis_url)
+    stop, scaling_stop = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    scaler_port = free_port()
+    scaler = ScalerClient(f"127.0.0.1:{scaler_port}")
+    autoscaling: asyncio.Task[None] | None = None
+    try:
+        await core.start_stage([ProcessSpec("scaler", "scaler", {**common, "TIFFIN_SCALER_PORT": str(scaler_port)})])
+        if not await _wait_scaler(scaler, stop):
+            say(f"the scaler did not become ready; see {log_dir}/scaler.log")
+            return 1
+        say(f"scaler      grpc://127.0.0.1:{scaler_port} (KEDA external scaler protocol)")
+        await edge.start_stage([ProcessSpec("interceptor", "interceptor", stop_timeout_s=70, env={
+            **common, "TIFFIN_HOST": args.host, "TIFFIN_PORT": str(args.port),
+            "TIFFIN_ADMIN_PORT": str(args.admin_port)})])  # fmt: skip
+        endpoint = f"http://{args.host}:{args.port}/v1"
+        admin = f"http://{args.host}:{args.admin_port}"
+        if not await _wait_http(f"{admin}/readyz", stop):
+            say(f"the interceptor did not become ready; see {log_dir}/interceptor.log")
+            return 1
+        say(f"interceptor {endpoint} (admin {admin}/api/status, {admin}/metrics)")
+        say(f"logs        {log_dir}/")
+        autoscaler = Autoscaler(scaler, deployments, replicas, client, say)
+        autoscaling = asyncio.create_task(autoscaler.run(scaling_stop), name="autoscaler")
+        for dep in deployments:
+            api, runner = dep.api, dep.runner
+            say(f"{dep.name:<11} api {api.min_replicas}..{api.max_replicas} replicas (target {api.scale_target:g} "
+                f"requests each), runner {runner.min_replicas}..{runner.max_replicas} "
+                f"(target {runner.scale_target:g}), to zero after {dep.scaling.idle_period_s:g}s idle")  # fmt: skip
+        warm = [d for d in deployments if d.api.min_replicas > 0 and d.runner.min_replicas > 0]
+        if await _wait_ready(warm, redis_url, stop):
+            for dep in deployments:
+                prefix = "" if dep.routing.path_prefix == "/" else dep.routing.path_prefix
+                how = "warm" if dep in warm else "at zero: the first request wakes it and waits for the cold start"
+                say(f"ready: {dep.name} at http://{args.host}:{args.port}{prefix}/v1 (model '{dep.model_name}', {how})")
+            first = deployments[0]
+            say(
+                f"try:   curl {endpoint}/chat/completions -H 'content-type: application/json' -d "
+                f"""'{{"model": "{first.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'"""
+            )
+            say(f"watch: tiffin status --admin {admin}")
+            say("Ctrl-C stops everything")
+        await stop.wait()
+        say("stopping: interceptor (drains in-flight requests), replicas, scaler, redis")
+        return 0
+    finally:
+        await edge.stop_all()
+        scaling_stop.set()  # after the edge drained: its last requests still had their replicas
+        if autoscaling is not None:
+            await autoscaling
+        await replicas.stop_all()
+        await core.stop_all()
+        await scaler.close()
+        await client.aclose()
+        if redis is not None:
+            await asyncio.to_thread(redis.stop)
+        say("stopped")
+
+
+async def _wait_http(url: str, stop: asyncio.Event, timeout_s: float = 60.0) -> bool:
+    """Poll `url` until it answers 200 (a process's readiness endpoint is its only signal)."""
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return True
+            except (aiohttp.ClientError, TimeoutError):
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.2)
+    return False
+
+
+async def _wait_scaler(scaler: ScalerClient, stop: asyncio.Event) -> bool:
+    deadline = time.monotonic() + _SCALER_READY_S
+    while time.monotonic() < deadline and not stop.is_set():
+        if await scaler.serving():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+    return False
+
+
+async def _wait_ready(deployments: list[Deployment], redis_url: str, stop: asyncio.Event) -> bool:
+    """Wait until every deployment kept warm has a ready runner and API server, showing progress."""
+    client = connect(redis_url)
+    started = time.monotonic()
+    last_note = started
+    pending = {d.name for d in deployments}
+    try:
+        while pending and not stop.is_set():
+            for name in sorted(pending):
+                runner = await Registry(client, name, "runner").ready()
+                api = await Registry(client, name, "api").ready()
+                if runner and api:
+                    pending.discard(name)
+                    say(f"{name}: runner and API server ready after {time.monotonic() - started:.0f}s")
+            if pending and time.monotonic() - last_note >= 10:
+                last_note = time.monotonic()
+                say(f"waiting for {', '.join(sorted(pending))}: the engine is loading the model "
+                    f"({time.monotonic() - started:.0f}s)")  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+    finally:
+        await client.aclose()
+    return not pending
