@@ -225,19 +225,28 @@ def _deadline(request: web.Request, deployment: Deployment) -> float:
     return time.monotonic() + (epoch_ms / 1000 - time.time())
 
 
+_CONNECT_RETRIES = 10
+"""Refused connections tolerated per request (each runner is then skipped for the balancer's suspect time)."""
+
+
 async def _forward(
     request: web.Request, body: bytes, deadline: float, rid: str, outcome: _Outcome
 ) -> web.StreamResponse:
     app = request.app
     balancer, stats = app[BALANCER], app[METRICS]
-    failed: set[str] = set()
+    unreachable: str | None = None
+    failures = 0
     while True:
         try:
-            # After a failed connection: another runner that is ready now, or none (a retry must not wait).
-            lease = await balancer.acquire(deadline, exclude=failed, wait_for_runners=not failed)
+            # After a refused connection nothing has reached the runner, so the request may wait (until its
+            # wait deadline) for any runner that answers: another one, or the crashed one's replacement. The
+            # one that refused is skipped for a while (`suspect`), not for good: its replacement has its id.
+            lease = await balancer.acquire(deadline)
         except NoRunner as exc:
-            if failed:
-                raise UpstreamFailed(f"runner {outcome.runner} could not be reached and no other is ready") from exc
+            if unreachable is not None:
+                raise UpstreamFailed(
+                    f"runner {unreachable} could not be reached and no runner answered before the wait deadline"
+                ) from exc
             raise
         outcome.runner = lease.runner_id
         stats.runner_wait.observe(lease.waited_s)
@@ -253,14 +262,15 @@ async def _forward(
             stats.runner_failures.labels(lease.runner_id, "timeout").inc()
             raise UpstreamTimeout(f"runner {lease.runner_id} did not start answering in time") from exc
         except aiohttp.ClientConnectionError as exc:
-            # Nothing reached the client yet, so one more runner may try.
             _release(app, lease)
             balancer.suspect(lease.runner_id)
             stats.runner_failures.labels(lease.runner_id, "connect").inc()
             log.warning("runner_unreachable", request_id=rid, runner=lease.runner_id, error=str(exc) or repr(exc))
-            if failed:
+            unreachable, failures = lease.runner_id, failures + 1
+            # A refused connection never reached an engine: retrying is free. A connection dropped after the
+            # request was sent may have been this request's doing (a poison request), so it gets one retry only.
+            if failures >= (_CONNECT_RETRIES if isinstance(exc, aiohttp.ClientConnectorError) else 2):
                 raise UpstreamFailed(f"runner {lease.runner_id} failed: {exc!r}") from exc
-            failed.add(lease.runner_id)
             continue
         except BaseException:
             _release(app, lease)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,3 +140,44 @@ def test_status_cli_without_a_running_tiffin_says_what_to_do() -> None:
                             capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
     assert result.returncode == 1
     assert "is `tiffin up` running?" in result.stderr
+
+
+def runner_pids(config_dir: Path, deployment: str) -> list[int]:
+    """Pids of the runner supervisors (`python -m runtime.runner`) of `deployment` in this test's config."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            env = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if b"runtime.runner" in cmdline and f"TIFFIN_DEPLOYMENT={deployment}\0".encode() in env \
+                and str(config_dir).encode() in env:  # fmt: skip
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_min_replicas_start_warm_and_a_crashed_replica_is_replaced(tmp_path: Path) -> None:
+    kept = {"api": {"min_replicas": 1}, "runner": {"min_replicas": 1}, "scaling": {"idle_period_s": 1}}
+    up = Up([write_deployment(tmp_path, "kept", **kept)], tmp_path / "state")
+    try:
+        up.wait_for_line("ready: kept", timeout_s=120)
+        assert "(model 'kept', warm)" in up.proc.log()
+        assert status(up)["kept"]["state"] == "warm"
+        [pid] = runner_pids(tmp_path, "kept")
+
+        os.kill(pid, signal.SIGKILL)
+        wait_until("a new runner process", lambda: runner_pids(tmp_path, "kept") not in ([], [pid]), timeout_s=60)
+        wait_until("kept warm again", lambda: status(up)["kept"]["state"] == "warm", timeout_s=60)
+        body = {"model": "kept", "messages": [{"role": "user", "content": "still here"}]}
+        request = urllib.request.Request(f"{up.url}/v1/chat/completions", data=json.dumps(body).encode(),
+                                         headers={"content-type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            assert json.load(resp)["choices"][0]["message"]["content"] == "echo: still here"
+        assert "kept-runner-1 exited with code -9; restarting" in up.proc.log()
+        # Past its idle period it stays at min_replicas: still one of each.
+        assert status(up)["kept"]["runner"]["desired"] == 1
+    finally:
+        assert up.proc.stop(timeout_s=180) == 0
