@@ -7,6 +7,7 @@ drifted from KEDA's wire format fails here.
 from __future__ import annotations
 
 import importlib
+import os
 import subprocess
 import sys
 import time
@@ -29,13 +30,19 @@ from tiffin.frames import Envelope
 from tiffin.queue import Admission, DeploymentQueue
 from tiffin.redis_server import EmbeddedRedis, free_port
 
-KEDA_PROTO = ROOT.parent / "shared" / "reference" / "keda" / "externalscaler.proto"
+_KEDA_RELATIVE = Path("shared", "reference", "keda", "externalscaler.proto")
+# KEDA's file from the team's shared folder: named by KEDA_PROTO, or beside this checkout or a folder above it.
+KEDA_PROTO = next(
+    (p for p in [Path(os.environ.get("KEDA_PROTO", "/nonexistent")), *(a / _KEDA_RELATIVE for a in ROOT.parents)]
+     if p.is_file()),
+    ROOT.parent / _KEDA_RELATIVE,
+)  # fmt: skip
 VENDORED_PROTO = ROOT / "tiffin" / "proto" / "externalscaler.proto"
 SERVICE = "externalscaler.ExternalScaler"
 
 
 def keda_proto() -> Path:
-    """KEDA's own file when this checkout sits beside it, else the vendored copy."""
+    """KEDA's own file when it can be found, else the vendored copy."""
     return KEDA_PROTO if KEDA_PROTO.is_file() else VENDORED_PROTO
 
 

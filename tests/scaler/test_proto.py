@@ -11,7 +11,7 @@ from tests.scaler.conftest import KEDA_PROTO, VENDORED_PROTO, Keda
 
 def test_vendored_proto_is_byte_identical_to_kedas() -> None:
     if not KEDA_PROTO.is_file():
-        pytest.skip(f"KEDA's proto is not beside this checkout ({KEDA_PROTO})")
+        pytest.skip(f"KEDA's proto is not beside this checkout or above it, and KEDA_PROTO is unset ({KEDA_PROTO})")
     assert VENDORED_PROTO.read_bytes() == KEDA_PROTO.read_bytes()
 
 
