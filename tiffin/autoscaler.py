@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from tiffin import keys
 from tiffin.config import Deployment
 from tiffin.local import Say
+from tiffin.registry import Registry
 from tiffin.scaler_client import ScalerClient
 from tiffin.status import write_desired
 
@@ -71,6 +72,7 @@ class ComponentAutoscaler:
         self._target: float | None = None
         self._nudge = asyncio.Event()
         self._history: deque[tuple[float, int]] = deque()
+        self._progress: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
@@ -89,9 +91,12 @@ class ComponentAutoscaler:
                 for task in waits:
                     task.cancel()
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            tasks: list[asyncio.Task[None] | None] = [watcher, self._progress]
+            for task in tasks:
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Follow StreamIsActive; each message nudges the control loop at once (activation is pushed)."""
@@ -149,6 +154,28 @@ class ComponentAutoscaler:
         self.replicas = wanted
         await self._record(wanted)
         await self.backend.scale(self.deployment, self.component, wanted)
+        if before == 0 and wanted > 0 and self.redis is not None and self._progress is None:
+            self._progress = asyncio.create_task(self._show_cold_start(self.redis), name=f"progress-{self.label}")
+
+    async def _show_cold_start(self, redis: Redis) -> None:
+        """Say when the first replica is ready, and every 10 s until then (a model load takes a while)."""
+        started = time.monotonic()
+        registry = Registry(redis, self.deployment.name, self.component)
+        noted = started
+        try:
+            while self.replicas > 0:
+                if await registry.ready():
+                    self.say(f"{self.label}: ready after {time.monotonic() - started:.0f}s (cold start)")
+                    return
+                if time.monotonic() - noted >= 10:
+                    noted = time.monotonic()
+                    what = "the engine is loading the model" if self.component == "runner" else "starting"
+                    self.say(f"{self.label}: {what} ({noted - started:.0f}s)")
+                await asyncio.sleep(0.5)  # polling the registry: readiness is another process's heartbeat
+        except RedisError as exc:
+            log.warning("progress_unavailable", target=self.label, error=str(exc))
+        finally:
+            self._progress = None
 
     async def _record(self, replicas: int) -> None:
         if self.redis is None:

@@ -119,6 +119,7 @@ def test_burst_from_zero_scales_each_component_to_its_target_and_back_to_zero(up
     out = up.proc.log()
     assert "burst api: 0 -> 1 replicas (activation" in out
     assert "burst runner: 0 -> 1 replicas (activation" in out
+    assert re.search(r"burst runner: ready after \d+s \(cold start\)", out)
     assert re.search(r"burst api: \d -> 0 replicas \(idle", out)
     assert re.search(r"burst runner: \d -> 0 replicas \(idle", out)
 
