@@ -88,11 +88,10 @@ class ComponentAutoscaler:
                 await self.step()
                 waits = {asyncio.ensure_future(self._nudge.wait()), asyncio.ensure_future(stop.wait())}
                 await asyncio.wait(waits, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED)
-                for task in waits:
-                    task.cancel()
+                for waiter in waits:
+                    waiter.cancel()
         finally:
-            tasks: list[asyncio.Task[None] | None] = [watcher, self._progress]
-            for task in tasks:
+            for task in (watcher, self._progress):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
