@@ -17,7 +17,6 @@ from redis.exceptions import RedisError
 from interceptor import metrics
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
-from tiffin import keys
 from tiffin.config import Deployment
 from tiffin.errors import error_response, sse_error_event
 from tiffin.exceptions import (
@@ -39,7 +38,7 @@ from tiffin.frames import (
     FrameKind,
 )
 from tiffin.queue import Admission, DeploymentQueue, now_ms
-from tiffin.status import record_cold_start
+from tiffin.status import end_wake
 
 log = structlog.get_logger("interceptor")
 
@@ -160,7 +159,7 @@ class Relay:
             if wake_open:
                 # It ended without a head (wait deadline, client gone, error frame): let the next cold
                 # request start and time the next cold start.
-                await asyncio.shield(self._clear_wake(deployment.name))
+                await asyncio.shield(self._clear_wake(deployment.name, outcome.request_id))
             if entry_id is not None and outcome.status != 499:
                 await asyncio.shield(queue.forget(outcome.request_id))
 
@@ -173,17 +172,17 @@ class Relay:
             return
         if head.status == 503:
             # No runner came up before the wait deadline (or the replica is draining): the start did not finish.
-            await asyncio.shield(self._clear_wake(deployment.name))
+            await asyncio.shield(self._clear_wake(deployment.name, envelope.request_id))
             return
         try:
-            await asyncio.shield(record_cold_start(self.redis, deployment.name, outcome.cold_start_ms))
+            await asyncio.shield(end_wake(self.redis, deployment.name, envelope.request_id, outcome.cold_start_ms))
         except (RedisError, OSError) as exc:  # the answer is on its way; a lost statistic must not stop it
             log.warning("cold_start_not_recorded", deployment=deployment.name, error=str(exc))
 
-    async def _clear_wake(self, deployment: str) -> None:
+    async def _clear_wake(self, deployment: str, request_id: str) -> None:
         # Best effort: the mark expires after the wait timeout anyway, and the request's own answer matters more.
         with contextlib.suppress(RedisError, OSError):
-            await self.redis.delete(keys.waking(deployment))
+            await end_wake(self.redis, deployment, request_id)
 
     async def _await_head(
         self,

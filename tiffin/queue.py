@@ -27,7 +27,8 @@ from tiffin.frames import Envelope, Fields, Frame
 REPLY_STREAM_MAXLEN = 100_000
 
 # KEYS: queue, request state, activity, api registry, runner registry, waking.
-# ARGV: max waiting, group, state ttl s, now ms, deployment, wake channel, waking ttl ms, fields...
+# ARGV: max waiting, group, state ttl s, now ms, deployment, wake channel, waking ttl ms, request id, fields...
+# The waking mark holds the id of the request that started the cold start, so only that request ends it.
 # Returns false (full) or {entry id, 0 warm | 1 cold | 2 cold and this request started the wake}. The wake is
 # published in the same script as the enqueue, so a scaler's open StreamIsActive hears it at once.
 _ENQUEUE = """
@@ -38,13 +39,13 @@ if ok and type(info) == 'table' then pending = info[1] end
 if len - pending >= tonumber(ARGV[1]) then return false end
 redis.call('HSET', KEYS[2], 'state', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 8))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 9))
 redis.call('SET', KEYS[3], ARGV[4])
 local now = tonumber(ARGV[4])
 local cold = 0
 if redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') == 0 or redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') == 0 then
   cold = 1
-  if redis.call('SET', KEYS[6], ARGV[4], 'NX', 'PX', ARGV[7]) then cold = 2 end
+  if redis.call('SET', KEYS[6], ARGV[8], 'NX', 'PX', ARGV[7]) then cold = 2 end
   redis.call('PUBLISH', ARGV[6], ARGV[5])
 end
 return {id, cold}
@@ -150,7 +151,7 @@ class DeploymentQueue:
         """
         now = now_ms()
         args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s, now, self.deployment, keys.WAKE_CHANNEL,
-                                         int(wake_ttl_s * 1000)]  # fmt: skip
+                                         int(wake_ttl_s * 1000), envelope.request_id]  # fmt: skip
         for name, value in envelope.to_fields().items():
             args.extend((name, value))
         script_keys = [self.key, keys.request(envelope.request_id), keys.activity(self.deployment),

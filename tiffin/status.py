@@ -53,12 +53,28 @@ async def write_desired(redis: Redis, deployment: str, component: keys.Component
     await redis.hset(keys.desired(deployment), mapping={component: replicas, "updated_ms": now_ms()})
 
 
-async def record_cold_start(redis: Redis, deployment: str, duration_ms: float) -> None:
-    """The request that started a cold start got its first reply byte: remember how long it took."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.cold_start(deployment), mapping={"duration_ms": round(duration_ms), "at_ms": now_ms()})
-        pipe.delete(keys.waking(deployment))
-        await pipe.execute()
+# KEYS: waking mark, cold-start record. ARGV: request id, duration ms (empty: the start did not finish), now ms.
+# Compare-and-delete: a request whose mark expired (or was ended) must not end, or take credit for, a cold
+# start that a later request started.
+_END_WAKE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'duration_ms', ARGV[2], 'at_ms', ARGV[3]) end
+return 1
+"""
+
+
+async def end_wake(redis: Redis, deployment: str, request_id: str, duration_ms: float | None = None) -> bool:
+    """End the cold start `request_id` started: record its duration if it finished, and let the next one begin.
+
+    Returns False (and changes nothing) when the mark is no longer this request's.
+    """
+    script = redis.register_script(_END_WAKE)
+    duration = "" if duration_ms is None else str(round(duration_ms))
+    done: Any = await script(
+        keys=[keys.waking(deployment), keys.cold_start(deployment)], args=[request_id, duration, now_ms()]
+    )
+    return bool(done)
 
 
 async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
