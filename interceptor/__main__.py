@@ -9,6 +9,7 @@ from aiohttp import web
 
 from interceptor.app import admin_app, public_app
 from interceptor.config import InterceptorSettings
+from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
@@ -23,7 +24,7 @@ async def serve(settings: InterceptorSettings) -> None:
     log = setup_logging("interceptor")
     deployments = load_deployments(settings.config_paths)
     redis = connect(settings.redis_url, max_connections=512)
-    reader = ReplyReader(redis, settings.interceptor_id)
+    reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
     relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s)
     await relay.ensure_queues()
     await reader.start()
@@ -46,7 +47,11 @@ async def serve(settings: InterceptorSettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    janitor = asyncio.create_task(
+        sweep_forever(redis, deployments, reader.key, settings.orphan_sweep_s, stop), name="janitor"
+    )
     await stop.wait()
+    await janitor
 
     # Shutdown order: report not-ready and refuse new work, drain in-flight, then stop infrastructure.
     relay.draining = True

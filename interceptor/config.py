@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiffin.env import env_float, env_int, env_paths, env_str, redis_url
+from tiffin.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,12 @@ class InterceptorSettings:
     reply_gap_grace_s: float
     """TIFFIN_REPLY_GAP_GRACE_S: added to a deployment's upstream timeout before a silent reply is cut (30)."""
 
+    reply_ttl_s: float
+    """TIFFIN_REPLY_TTL_S: this interceptor's reply stream expires this long after it dies (default 60); other
+    interceptors then withdraw the requests it had queued."""
+    orphan_sweep_s: float
+    """TIFFIN_ORPHAN_SWEEP_S: how often to look for requests whose interceptor died (default 10)."""
+
     @classmethod
     def from_env(cls) -> InterceptorSettings:
         paths = env_paths("TIFFIN_CONFIG")
@@ -47,4 +53,6 @@ class InterceptorSettings:
             admin_port=env_int("TIFFIN_ADMIN_PORT", 9090),
             drain_timeout_s=env_float("TIFFIN_DRAIN_TIMEOUT_S", 60.0),
             reply_gap_grace_s=env_float("TIFFIN_REPLY_GAP_GRACE_S", 30.0),
+            reply_ttl_s=env_positive("TIFFIN_REPLY_TTL_S", 60.0),
+            orphan_sweep_s=env_positive("TIFFIN_ORPHAN_SWEEP_S", 10.0),
         )

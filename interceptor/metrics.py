@@ -28,3 +28,7 @@ COLD_START_WAIT = Histogram(
     "Time from enqueue until the reply started, for requests that found the deployment cold.",
     ["deployment"], buckets=_WAIT_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
+WITHDRAWN = Counter(
+    "tiffin_requests_withdrawn", "Queued requests withdrawn because their interceptor died or their wait ran out.",
+    ["deployment", "reason"], registry=REGISTRY,
+)  # fmt: skip

@@ -22,7 +22,7 @@ READ_COUNT = 1000
 class ReplyReader:
     """Owns `tiffin:reply:{id}`: reads it in one loop and routes each frame to the waiting request."""
 
-    def __init__(self, redis: Redis, interceptor_id: str, ttl_s: int = 60) -> None:
+    def __init__(self, redis: Redis, interceptor_id: str, ttl_s: float = 60.0) -> None:
         self.redis = redis
         self.key = keys.reply(interceptor_id)
         # The stream expires if this interceptor dies, so proxies stop writing to it (they never recreate it).
@@ -58,9 +58,9 @@ class ReplyReader:
 
     async def _ensure_stream(self) -> None:
         """Create the stream (a marker entry; streams persist when emptied) and set its expiry."""
-        if not await self.redis.expire(self.key, self.ttl_s):
+        if not await self.redis.pexpire(self.key, int(self.ttl_s * 1000)):
             await self.redis.xadd(self.key, {"kind": "open"})
-            await self.redis.expire(self.key, self.ttl_s)
+            await self.redis.pexpire(self.key, int(self.ttl_s * 1000))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

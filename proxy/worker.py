@@ -21,6 +21,10 @@ _CANCEL_CHECK_S = 1.0
 _CONNECT_RETRIES = 3
 
 
+class _ReplyGone(Exception):
+    """The interceptor that accepted the request died: nobody can read the rest of the reply."""
+
+
 class Proxy:
     """Drains one deployment's queue into one API server, at most `api.concurrency` requests at once."""
 
@@ -111,6 +115,12 @@ class Proxy:
             await self.queue.finish(delivery.entry_id)
             log.info("skipped", request_id=rid, state=state)
             return
+        if not await self.queue.reply_open(envelope.reply_to):
+            # Its interceptor died while it waited: no client is left, so no runner should spend time on it.
+            await self.queue.cancel(rid, delivery.entry_id, even_if_taken=True)
+            await self.queue.finish(delivery.entry_id)
+            log.warning("orphaned", request_id=rid, reply_to=envelope.reply_to)
+            return
         queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
         stream = asyncio.create_task(self._forward(envelope, queue_ms))
@@ -152,10 +162,13 @@ class Proxy:
                     ) as resp:
                         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
                         reply_headers[QUEUE_MS_HEADER] = str(queue_ms)
-                        await self.queue.start(envelope, Frame.head(rid, self.replica_id, resp.status, reply_headers))
+                        head = Frame.head(rid, self.replica_id, resp.status, reply_headers)
+                        if not await self.queue.start(envelope, head):
+                            raise _ReplyGone
                         head_sent = True
                         async for data in resp.content.iter_any():
-                            await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data))
+                            if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
+                                raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
                         return
                 except aiohttp.ClientConnectorError:
@@ -163,6 +176,8 @@ class Proxy:
                     if attempt == _CONNECT_RETRIES - 1:
                         raise
                     await asyncio.sleep(0.5 * (attempt + 1))
+        except _ReplyGone:
+            log.warning("orphaned_mid_reply", request_id=rid, reply_to=envelope.reply_to)
         except TimeoutError:
             await self._fail(envelope.reply_to, rid, 504, "the API server did not answer in time", "upstream_timeout")
         except aiohttp.ClientError as exc:

@@ -32,6 +32,14 @@ def env_float(name: str, default: float) -> float:
         raise SystemExit(f"environment variable {name}={raw!r} must be a number") from exc
 
 
+def env_positive(name: str, default: float) -> float:
+    """A number above zero (a period or a time-to-live)."""
+    value = env_float(name, default)
+    if value <= 0:
+        raise SystemExit(f"environment variable {name}={value:g} must be above 0")
+    return value
+
+
 def env_paths(name: str) -> list[Path]:
     """A `:`-separated list of paths (like PATH)."""
     raw = os.environ.get(name, "")

@@ -226,24 +226,36 @@ class DeploymentQueue:
         """The consumer that last took the request."""
         return _text(await self.redis.hget(keys.request(request_id), "owner"))
 
-    async def start(self, envelope: Envelope, head: Frame) -> None:
-        """Write the head frame and mark the request started, atomically: from here it is never replayed."""
+    async def start(self, envelope: Envelope, head: Frame) -> bool:
+        """Write the head frame and mark the request started, atomically: from here it is never replayed.
+
+        Returns False if the interceptor's reply stream is gone (that interceptor died: nobody will read).
+        """
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.request(envelope.request_id), "state", "started")
             pipe.xadd(envelope.reply_to, head.to_fields(),  # type: ignore[arg-type]
                       maxlen=REPLY_STREAM_MAXLEN, approximate=True,
                       nomkstream=True)  # fmt: skip
-            await pipe.execute()
+            _, written = await pipe.execute()
+        return written is not None
 
-    async def send(self, reply_to: str, frame: Frame) -> None:
-        """Append a frame to an interceptor's reply stream (never recreating an expired one)."""
-        await self.redis.xadd(
+    async def send(self, reply_to: str, frame: Frame) -> bool:
+        """Append a frame to an interceptor's reply stream (never recreating an expired one).
+
+        Returns False if the stream is gone (its interceptor died).
+        """
+        written = await self.redis.xadd(
             reply_to,
             frame.to_fields(),  # type: ignore[arg-type]
             maxlen=REPLY_STREAM_MAXLEN,
             approximate=True,
             nomkstream=True,
         )
+        return written is not None
+
+    async def reply_open(self, reply_to: str) -> bool:
+        """Whether the interceptor behind `reply_to` is still there to read a reply."""
+        return bool(await self.redis.exists(reply_to))
 
     async def finish(self, entry_id: bytes) -> None:
         """Acknowledge and delete an entry: answered, skipped, or failed with an error frame."""

@@ -68,11 +68,12 @@ class Stack:
         return {"REDIS_URL": self.redis_url, "TIFFIN_CONFIG": self.config, "TIFFIN_HEARTBEAT_TTL_S": "2",
                 "TIFFIN_RECLAIM_INTERVAL_S": "0.5", **extra}  # fmt: skip
 
-    def start_interceptor(self) -> Proc:
-        proc = Proc.module("interceptor", "interceptor", self.env(
-            TIFFIN_PORT=str(self.port), TIFFIN_ADMIN_PORT=str(self.admin_port), TIFFIN_DRAIN_TIMEOUT_S="5"),
+    def start_interceptor(self, name: str = "interceptor", **extra: str) -> Proc:
+        """An interceptor on the stack's ports, awaited until ready (a successor takes a new `name`)."""
+        proc = Proc.module(name, "interceptor", self.env(
+            TIFFIN_PORT=str(self.port), TIFFIN_ADMIN_PORT=str(self.admin_port), TIFFIN_DRAIN_TIMEOUT_S="5", **extra),
             self.log_dir)  # fmt: skip
-        self.procs["interceptor"] = proc
+        self.procs[name] = proc
         proc.wait_http(f"http://127.0.0.1:{self.admin_port}/readyz")
         return proc
 
