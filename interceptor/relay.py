@@ -202,10 +202,12 @@ class Relay:
                 async with asyncio.timeout_at(deadline):
                     frame = await inbox.get()
             except TimeoutError:
-                if taken:
-                    raise UpstreamTimeout(f"'{deployment.name}' took the request but did not answer") from None
+                # Withdrawn if still queued, even after a replica took it once: a replica that was shutting
+                # down puts a request back unserved.
                 state = await queue.cancel(envelope.request_id, entry_id, even_if_taken=False)
                 if state in ("taken", "started"):
+                    if taken:
+                        raise UpstreamTimeout(f"'{deployment.name}' took the request but did not answer") from None
                     # A replica has it: from here the upstream timeout applies (the proxy enforces it too).
                     taken = True
                     deadline = loop.time() + deployment.limits.upstream_timeout_s + self.reply_gap_grace_s

@@ -10,7 +10,7 @@ import time
 import aiohttp
 
 from proxy.config import ProxySettings
-from proxy.worker import Proxy
+from proxy.worker import Proxy, upstream_healthy
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError
 from tiffin.logs import setup_logging
@@ -23,12 +23,8 @@ async def _wait_upstream(session: aiohttp.ClientSession, url: str, timeout_s: fl
     """Poll the API server's /health: only a ready API server may take requests from the queue."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and not stop.is_set():
-        try:
-            async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                if resp.status == 200:
-                    return True
-        except (aiohttp.ClientError, TimeoutError):
-            pass
+        if await upstream_healthy(session, url):
+            return True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 0.2)
     return False

@@ -10,7 +10,7 @@ import aiohttp
 import structlog
 
 from tiffin.config import Deployment
-from tiffin.frames import QUEUE_MS_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER, Envelope, Frame
+from tiffin.frames import NOT_SERVED_HEADER, QUEUE_MS_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER, Frame
 from tiffin.queue import Delivery, DeploymentQueue, now_ms
 from tiffin.registry import Registry
 
@@ -19,10 +19,24 @@ log = structlog.get_logger("proxy")
 _READ_BLOCK_MS = 1000
 _CANCEL_CHECK_S = 1.0
 _CONNECT_RETRIES = 3
+_UPSTREAM_RECHECK_S = 0.5
 
 
 class _ReplyGone(Exception):
     """The interceptor that accepted the request died: nobody can read the rest of the reply."""
+
+
+class _NotServed(Exception):
+    """The API server did not take the request (unreachable, or shutting down): another replica should."""
+
+
+async def upstream_healthy(session: aiohttp.ClientSession, url: str) -> bool:
+    """Whether the API server at `url` answers /health with 200 (it takes requests)."""
+    try:
+        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+            return resp.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
 
 
 class Proxy:
@@ -48,6 +62,8 @@ class Proxy:
         self._active: set[asyncio.Task[None]] = set()
         self._capacity = asyncio.Event()
         self._capacity.set()
+        self._upstream_ok = asyncio.Event()
+        self._upstream_ok.set()
 
     @property
     def busy(self) -> int:
@@ -57,10 +73,23 @@ class Proxy:
         """Read new entries while there is capacity, until `stopping` is set."""
         while not self.stopping.is_set():
             await self._capacity.wait()
+            if not self._upstream_ok.is_set():
+                await self._until_upstream_healthy()
+                continue
             free = self.concurrency - self.busy
             deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
             for delivery in deliveries:
                 self._spawn(delivery)
+
+    async def _until_upstream_healthy(self) -> None:
+        """After the API server turned work away: read nothing more until it takes requests again."""
+        while not self.stopping.is_set():
+            if await upstream_healthy(self.session, self.upstream_url):
+                log.info("upstream_healthy_again", upstream=self.upstream_url)
+                self._upstream_ok.set()
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), _UPSTREAM_RECHECK_S)
 
     async def reclaim_loop(self, interval_s: float) -> None:
         """Serve requests held by replicas that died (their heartbeat lapsed) before answering."""
@@ -123,7 +152,7 @@ class Proxy:
             return
         queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
-        stream = asyncio.create_task(self._forward(envelope, queue_ms))
+        stream = asyncio.create_task(self._forward(delivery, queue_ms))
         try:
             await self._watch_cancellation(rid, stream)
         finally:
@@ -149,8 +178,13 @@ class Proxy:
                     await stream
                 return
 
-    async def _forward(self, envelope: Envelope, queue_ms: int) -> None:
+    async def _forward(self, delivery: Delivery, queue_ms: int) -> None:
+        envelope = delivery.envelope
         rid = envelope.request_id
+        if not self._upstream_ok.is_set():
+            # Read in the same breath as a hand-back: no point offering it to an API server that turns work away.
+            await self._hand_back(delivery, "upstream not taking requests")
+            return
         headers = {**envelope.headers, WAIT_DEADLINE_HEADER: str(envelope.wait_deadline_ms)}
         timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=envelope.upstream_timeout_s)
         head_sent = False
@@ -160,6 +194,8 @@ class Proxy:
                     async with self.session.post(
                         self.upstream_url + envelope.path, data=envelope.body, headers=headers, timeout=timeout
                     ) as resp:
+                        if resp.status == 503 and NOT_SERVED_HEADER in resp.headers:
+                            raise _NotServed(resp.headers[NOT_SERVED_HEADER])
                         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
                         reply_headers[QUEUE_MS_HEADER] = str(queue_ms)
                         head = Frame.head(rid, self.replica_id, resp.status, reply_headers)
@@ -171,11 +207,13 @@ class Proxy:
                                 raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
                         return
-                except aiohttp.ClientConnectorError:
-                    # Nothing reached the API server: safe to try again shortly.
+                except aiohttp.ClientConnectorError as exc:
+                    # Nothing reached the API server: safe to try again shortly, or to leave to another replica.
                     if attempt == _CONNECT_RETRIES - 1:
-                        raise
+                        raise _NotServed(f"unreachable: {exc}") from exc
                     await asyncio.sleep(0.5 * (attempt + 1))
+        except _NotServed as exc:
+            await self._hand_back(delivery, str(exc))
         except _ReplyGone:
             log.warning("orphaned_mid_reply", request_id=rid, reply_to=envelope.reply_to)
         except TimeoutError:
@@ -183,6 +221,13 @@ class Proxy:
         except aiohttp.ClientError as exc:
             code = "upstream_failed_mid_reply" if head_sent else "upstream_failed"
             await self._fail(envelope.reply_to, rid, 502, f"the API server failed: {exc!r}", code)
+
+    async def _hand_back(self, delivery: Delivery, reason: str) -> None:
+        """Back in the queue for another replica (its client keeps waiting, within its wait deadline); this proxy
+        takes nothing more until its API server is healthy again."""
+        self._upstream_ok.clear()
+        requeued = await self.queue.release(delivery, self.replica_id)
+        log.warning("released", request_id=delivery.envelope.request_id, reason=reason, requeued=requeued is not None)
 
     async def _fail(self, reply_to: str, rid: str, status: int, message: str, code: str) -> None:
         log.warning("upstream_error", request_id=rid, status=status, code=code, error=message)

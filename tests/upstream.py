@@ -7,8 +7,10 @@ Replies say `echo: <last user message or prompt>`. Hooks come from the body fiel
     "linger_s": float    after a stream's `data: [DONE]`, keep the response open this long before ending it
     "hold_once": KEY     the first request with KEY never answers (until its client goes away); later ones do
     "status": int        answer with this HTTP status and an OpenAI error body
-GET /_test/arrivals lists every request received ({"key", "at"}); GET /_test/disconnects counts held requests
-whose client went away. Every response carries `X-Upstream-Port: P`; GET /health also says the pid.
+    "key": KEY           only labels the request in /_test/arrivals
+GET /_test/arrivals lists every request received ({"key", "at"}, the key of "hold_once" or "key");
+GET /_test/disconnects counts held requests whose client went away. Every response carries
+`X-Upstream-Port: P`; GET /health also says the pid.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if not isinstance(hooks, dict):
         hooks = {}
     key = hooks.get("hold_once")
-    state["arrivals"].append({"key": key, "at": time.time()})
+    state["arrivals"].append({"key": key or hooks.get("key"), "at": time.time()})
     if key is not None and key not in state["held"]:
         state["held"].add(key)
         try:

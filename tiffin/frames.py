@@ -24,6 +24,9 @@ WAIT_DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
 QUEUE_MS_HEADER = "x-tiffin-queue-ms"
 # Set by the interceptor on replies to requests that found the deployment cold: how long they waited (ms).
 COLD_START_HEADER = "x-tiffin-cold-start-ms"
+# API server -> proxy, on an error reply: the request reached no runner and should be served by another
+# replica (value: why, e.g. "draining"). The proxy puts it back in the queue instead of relaying the error.
+NOT_SERVED_HEADER = "X-Tiffin-Not-Served"
 # Response headers worth carrying back to the client.
 REPLY_HEADERS = ("content-type", "cache-control", QUEUE_MS_HEADER)
 

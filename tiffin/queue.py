@@ -4,6 +4,7 @@ Each request has a state hash (`keys.request`) next to its stream entry. Transit
 
     queued --take--> taken --start (head frame written)--> started --finish--> (entry deleted)
        \\--cancel (client gone / wait deadline)--> cancelled: proxies acknowledge and skip it
+    taken --release (its API server turned it away unserved)--> queued again, under a new entry id
 
 A taken-but-not-started entry whose proxy died is delivered again; a started one is answered with an error
 frame instead, because reply bytes may already have reached the client.
@@ -40,6 +41,7 @@ if len - pending >= tonumber(ARGV[1]) then return false end
 redis.call('HSET', KEYS[2], 'state', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 9))
+redis.call('HSET', KEYS[2], 'entry', id)
 redis.call('SET', KEYS[3], ARGV[4])
 local now = tonumber(ARGV[4])
 local cold = 0
@@ -52,11 +54,12 @@ return {id, cold}
 """
 
 # ARGV[1]: entry id; ARGV[2]: '1' to cancel even a taken request (client gone), '0' only a queued one.
+# The state's own entry id wins over ARGV[1]: a released request was queued again under a new id.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled')
-  redis.call('XDEL', KEYS[2], ARGV[1])
+  redis.call('XDEL', KEYS[2], redis.call('HGET', KEYS[1], 'entry') or ARGV[1])
   return 'cancelled'
 end
 if (st == 'taken' or st == 'started') and ARGV[2] == '1' then
@@ -88,6 +91,22 @@ if not claimed[1] then
   return {}
 end
 return claimed[1]
+"""
+
+
+# Put a taken request back in the queue, unserved (its API server is shutting down and refused it).
+# KEYS: queue, request state. ARGV: group, entry id, consumer, fields... Only the request's owner may, and
+# only before a head frame: once started it can never be replayed. Returns the new entry id, or false.
+_RELEASE = """
+if redis.call('HGET', KEYS[2], 'state') ~= 'taken' or redis.call('HGET', KEYS[2], 'owner') ~= ARGV[3] then
+  return false
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], 'state', 'queued', 'entry', id)
+redis.call('HDEL', KEYS[2], 'owner', 'taken_ms')
+return id
 """
 
 
@@ -129,6 +148,7 @@ class DeploymentQueue:
         self._cancel = redis.register_script(_CANCEL)
         self._take = redis.register_script(_TAKE)
         self._claim = redis.register_script(_CLAIM)
+        self._release = redis.register_script(_RELEASE)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -238,6 +258,17 @@ class DeploymentQueue:
                       nomkstream=True)  # fmt: skip
             _, written = await pipe.execute()
         return written is not None
+
+    async def release(self, delivery: Delivery, consumer: str) -> bytes | None:
+        """Queue a taken, unstarted request again for another replica; returns its new entry id (None: not ours).
+
+        It goes to the back of the queue and does not count against the bound: it was accepted already.
+        """
+        args: list[str | bytes] = [keys.GROUP, delivery.entry_id, consumer]
+        for name, value in delivery.envelope.to_fields().items():
+            args.extend((name, value))
+        new_id: Any = await self._release(keys=[self.key, keys.request(delivery.envelope.request_id)], args=args)
+        return bytes(new_id) if new_id else None
 
     async def send(self, reply_to: str, frame: Frame) -> bool:
         """Append a frame to an interceptor's reply stream (never recreating an expired one).

@@ -25,6 +25,7 @@ from tiffin.config import Deployment
 from tiffin.errors import error_response, sse_error_event
 from tiffin.exceptions import (
     BadRequest,
+    Draining,
     MethodNotAllowed,
     NoRunner,
     NotFound,
@@ -33,7 +34,7 @@ from tiffin.exceptions import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from tiffin.frames import COMPLETION_PATHS, WAIT_DEADLINE_HEADER
+from tiffin.frames import COMPLETION_PATHS, NOT_SERVED_HEADER, WAIT_DEADLINE_HEADER
 from tiffin.load import RunnerLoad
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
@@ -177,7 +178,10 @@ async def complete(request: web.Request) -> web.StreamResponse:
         return await _forward(request, body, _deadline(request, deployment), rid, outcome)
     except RequestError as exc:
         outcome.status, outcome.error = exc.status, exc.code or exc.error_type
-        return error_response(exc, rid)
+        response = error_response(exc, rid)
+        if isinstance(exc, Draining):
+            response.headers[NOT_SERVED_HEADER] = "draining"  # no runner saw it: another replica should serve it
+        return response
     except asyncio.CancelledError:
         outcome.status, outcome.error = 499, "client_gone"  # the client closed the connection (nginx's 499)
         raise

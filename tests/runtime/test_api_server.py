@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from tests.runtime import NAME, Server, StartApi, chat, until
+from tiffin.frames import NOT_SERVED_HEADER
 from tiffin.registry import Registry
 
 
@@ -218,6 +219,7 @@ async def test_sigterm_lets_an_open_stream_finish_then_exits_0(start_api: StartA
     api = await start_api()
     body = chat("a b c d e f", stream=True, tiffin_test={"delay_s": 0.2})
     received = b""
+
     async with aiohttp.ClientSession() as http, http.post(f"{api.url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
         async for data in resp.content.iter_any():
@@ -231,10 +233,10 @@ async def test_sigterm_lets_an_open_stream_finish_then_exits_0(start_api: StartA
 async def test_sigterm_answers_requests_still_waiting_for_a_runner_with_503(start_api: StartApi) -> None:
     api = await start_api()
 
-    async def ask() -> tuple[int, dict[str, Any]]:
+    async def ask() -> tuple[int, dict[str, Any], str | None]:
         url = f"{api.url}/v1/chat/completions"
         async with aiohttp.ClientSession() as http, http.post(url, json=chat("hi")) as resp:
-            return resp.status, await resp.json()
+            return resp.status, await resp.json(), resp.headers.get(NOT_SERVED_HEADER)
 
     task = asyncio.create_task(ask())
 
@@ -243,8 +245,9 @@ async def test_sigterm_answers_requests_still_waiting_for_a_runner_with_503(star
 
     await until(waiting, what="the request waits for a runner")
     api.proc.popen.send_signal(signal.SIGTERM)
-    status, body = await asyncio.wait_for(task, 10)  # at once, not after the shutdown timeout
+    status, body, not_served = await asyncio.wait_for(task, 10)  # at once, not after the shutdown timeout
     assert (status, body["error"]["code"]) == (503, "draining")
+    assert not_served == "draining"  # so its proxy hands it to another replica instead of relaying the 503
     assert await asyncio.to_thread(api.proc.popen.wait, 10) == 0
 
 

@@ -211,6 +211,61 @@ async def test_forget_drops_the_request_state(queue: DeploymentQueue) -> None:
     assert await queue.state("r1") is None
 
 
+# --- release (handing a request back unserved) --------------------------------------------------------------
+
+
+async def test_a_released_request_is_queued_again_for_any_proxy(redis: Redis, queue: DeploymentQueue) -> None:
+    await queue.ensure_group()
+    await queue.enqueue(envelope("r1"), max_waiting=1, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=10)
+    await queue.take("r1", "proxy-1")
+
+    new_id = await queue.release(delivery, "proxy-1")
+
+    assert new_id is not None and new_id != delivery.entry_id
+    assert await queue.state("r1") == "queued"
+    assert await queue.owner("r1") is None
+    assert await queue.depth() == (1, 0)
+    [again] = await queue.read("proxy-2", count=1, block_ms=10)
+    assert (again.entry_id, again.envelope) == (new_id, delivery.envelope)
+    assert await queue.take("r1", "proxy-2") == "taken"
+
+
+async def test_a_released_request_does_not_count_against_the_bound(redis: Redis, queue: DeploymentQueue) -> None:
+    await queue.ensure_group()
+    await queue.enqueue(envelope("r1"), max_waiting=1, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=10)
+    await queue.take("r1", "proxy-1")
+    await queue.enqueue(envelope("r2"), max_waiting=1, ttl_s=TTL_S)  # the bound is full again
+
+    assert await queue.release(delivery, "proxy-1") is not None  # accepted already: never refused
+    assert await queue.depth() == (2, 0)
+
+
+@pytest.mark.parametrize("situation", ["not_the_owner", "started", "cancelled"])
+async def test_only_the_owner_releases_and_only_before_the_head(
+    redis: Redis, queue: DeploymentQueue, situation: str
+) -> None:
+    await open_reply_stream(redis)
+    await queue.ensure_group()
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=1, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=10)
+    await queue.take("r1", "proxy-1")
+    releaser = "proxy-1"
+    if situation == "not_the_owner":
+        releaser = "proxy-2"
+    elif situation == "started":
+        await queue.start(env, Frame.head("r1", "proxy-1", 200, {}))  # bytes may be out: never replayed
+    else:
+        await queue.cancel("r1", delivery.entry_id, even_if_taken=True)
+    before = await queue.state("r1")
+
+    assert await queue.release(delivery, releaser) is None
+    assert await queue.state("r1") == before
+    assert await queue.depth() == (0, 1)
+
+
 # --- replies -----------------------------------------------------------------------------------------------
 
 
