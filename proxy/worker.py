@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any, Literal
 
 import aiohttp
 import structlog
@@ -157,6 +158,8 @@ class Proxy:
             await self._watch_cancellation(rid, stream)
         finally:
             await self.queue.finish(delivery.entry_id)
+        if not stream.cancelled() and stream.result() == "released":
+            return  # logged as such; another replica serves it
         log.info(
             "forwarded",
             request_id=rid,
@@ -166,7 +169,7 @@ class Proxy:
             cancelled=stream.cancelled(),
         )
 
-    async def _watch_cancellation(self, rid: str, stream: asyncio.Task[None]) -> None:
+    async def _watch_cancellation(self, rid: str, stream: asyncio.Task[Any]) -> None:
         """Abort the upstream call if the client has gone away (its state says 'cancelled' or has expired)."""
         while True:
             done, _ = await asyncio.wait({stream}, timeout=_CANCEL_CHECK_S)
@@ -178,13 +181,13 @@ class Proxy:
                     await stream
                 return
 
-    async def _forward(self, delivery: Delivery, queue_ms: int) -> None:
+    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "released"]:
         envelope = delivery.envelope
         rid = envelope.request_id
         if not self._upstream_ok.is_set():
             # Read in the same breath as a hand-back: no point offering it to an API server that turns work away.
             await self._hand_back(delivery, "upstream not taking requests")
-            return
+            return "released"
         headers = {**envelope.headers, WAIT_DEADLINE_HEADER: str(envelope.wait_deadline_ms)}
         timeout = aiohttp.ClientTimeout(sock_connect=10, sock_read=envelope.upstream_timeout_s)
         head_sent = False
@@ -206,7 +209,7 @@ class Proxy:
                             if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
                                 raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
-                        return
+                        return "forwarded"
                 except aiohttp.ClientConnectorError as exc:
                     # Nothing reached the API server: safe to try again shortly, or to leave to another replica.
                     if attempt == _CONNECT_RETRIES - 1:
@@ -214,6 +217,7 @@ class Proxy:
                     await asyncio.sleep(0.5 * (attempt + 1))
         except _NotServed as exc:
             await self._hand_back(delivery, str(exc))
+            return "released"
         except _ReplyGone:
             log.warning("orphaned_mid_reply", request_id=rid, reply_to=envelope.reply_to)
         except TimeoutError:
@@ -221,6 +225,7 @@ class Proxy:
         except aiohttp.ClientError as exc:
             code = "upstream_failed_mid_reply" if head_sent else "upstream_failed"
             await self._fail(envelope.reply_to, rid, 502, f"the API server failed: {exc!r}", code)
+        return "forwarded"
 
     async def _hand_back(self, delivery: Delivery, reason: str) -> None:
         """Back in the queue for another replica (its client keeps waiting, within its wait deadline); this proxy
