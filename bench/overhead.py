@@ -28,7 +28,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tiffin.redis_conn import connect  # noqa: E402
 from tiffin.redis_server import free_port  # noqa: E402
+from tiffin.registry import Registry  # noqa: E402
 
 
 def write_config(folder: Path) -> Path:
@@ -36,8 +38,9 @@ def write_config(folder: Path) -> Path:
     (folder / "model" / "config.json").write_text("{}")
     upstream = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{port}",
                 "--served-model-name", "{served_model_name}"]  # fmt: skip
-    config = {"name": "echo", "model": str(folder / "model"), "api": {"concurrency": 64},
-              "runner": {"command": upstream, "concurrency": 64}}  # fmt: skip
+    # Kept warm (min 1 of each): this measures the request path, not cold starts (bench/activation.py).
+    config = {"name": "echo", "model": str(folder / "model"), "api": {"concurrency": 64, "min_replicas": 1},
+              "runner": {"command": upstream, "concurrency": 64, "min_replicas": 1}}  # fmt: skip
     path = folder / "echo.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -49,6 +52,22 @@ def launch(folder: Path, port: int, admin: int) -> tuple[subprocess.Popen[bytes]
     command = [sys.executable, "-m", "tiffin", "up", str(write_config(folder)), "--port", str(port),
                "--admin-port", str(admin), "--state-dir", str(folder / "state")]  # fmt: skip
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log
+
+
+async def registered_runner(up_output: str) -> str:
+    """The warm runner's own URL, from the registry in the Redis `tiffin up` reports (the direct baseline)."""
+    match = re.search(r"redis\s+embedded, (redis://\S+)", up_output)
+    assert match, up_output
+    redis = connect(match.group(1))
+    try:
+        deadline = time.monotonic() + 120
+        while not (runners := await Registry(redis, "echo", "runner").ready()):
+            assert time.monotonic() < deadline, "the warm runner never registered"
+            await asyncio.sleep(0.2)
+        url: str = next(iter(runners.values()))["url"]
+        return url
+    finally:
+        await redis.aclose()
 
 
 async def load(url: str, requests: int, concurrency: int, stream: bool) -> list[float]:
@@ -90,9 +109,8 @@ async def main() -> None:
             while "ready: echo" not in (text := (folder / "up.log").read_text()):
                 assert up.poll() is None and time.monotonic() < deadline, text
                 await asyncio.sleep(0.2)
-            match = re.search(r"runner \(custom command\) on :(\d+)", text)
-            assert match, text
-            targets = {"direct": f"http://127.0.0.1:{match.group(1)}", "tiffin": f"http://127.0.0.1:{port}"}
+            runner_url = await registered_runner(text)
+            targets = {"direct": runner_url, "tiffin": f"http://127.0.0.1:{port}"}
             for stream in (False, True):
                 for url in targets.values():  # warm-up: connections, caches
                     await load(url, 50, args.concurrency, stream)
