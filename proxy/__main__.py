@@ -3,31 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import time
 
 import aiohttp
 
 from proxy.config import ProxySettings
-from proxy.worker import Proxy, upstream_healthy
+from proxy.worker import Proxy
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError
 from tiffin.logs import setup_logging
+from tiffin.probe import wait_until_ok
 from tiffin.queue import DeploymentQueue
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
-
-
-async def _wait_upstream(session: aiohttp.ClientSession, url: str, timeout_s: float, stop: asyncio.Event) -> bool:
-    """Poll the API server's /health: only a ready API server may take requests from the queue."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and not stop.is_set():
-        if await upstream_healthy(session, url):
-            return True
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.2)
-    return False
 
 
 async def serve(settings: ProxySettings) -> int:
@@ -46,7 +35,8 @@ async def serve(settings: ProxySettings) -> int:
     connector = aiohttp.TCPConnector(limit=deployment.api.concurrency + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
         await queue.ensure_group()
-        if not await _wait_upstream(session, settings.upstream_url, settings.ready_timeout_s, stop):
+        health = settings.upstream_url + "/health"
+        if not await wait_until_ok(session, health, stop, settings.ready_timeout_s):
             log.error("upstream_not_ready", upstream=settings.upstream_url)
             await redis.aclose()
             return 0 if stop.is_set() else 1

@@ -12,6 +12,7 @@ import structlog
 
 from tiffin.config import Deployment
 from tiffin.frames import NOT_SERVED_HEADER, QUEUE_MS_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER, Frame
+from tiffin.probe import wait_until_ok
 from tiffin.queue import Delivery, DeploymentQueue, now_ms
 from tiffin.registry import Registry
 
@@ -29,15 +30,6 @@ class _ReplyGone(Exception):
 
 class _NotServed(Exception):
     """The API server did not take the request (unreachable, or shutting down): another replica should."""
-
-
-async def upstream_healthy(session: aiohttp.ClientSession, url: str) -> bool:
-    """Whether the API server at `url` answers /health with 200 (it takes requests)."""
-    try:
-        async with session.get(url + "/health", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-            return resp.status == 200
-    except (aiohttp.ClientError, TimeoutError):
-        return False
 
 
 class Proxy:
@@ -84,13 +76,9 @@ class Proxy:
 
     async def _until_upstream_healthy(self) -> None:
         """After the API server turned work away: read nothing more until it takes requests again."""
-        while not self.stopping.is_set():
-            if await upstream_healthy(self.session, self.upstream_url):
-                log.info("upstream_healthy_again", upstream=self.upstream_url)
-                self._upstream_ok.set()
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), _UPSTREAM_RECHECK_S)
+        if await wait_until_ok(self.session, self.upstream_url + "/health", self.stopping, poll_s=_UPSTREAM_RECHECK_S):
+            log.info("upstream_healthy_again", upstream=self.upstream_url)
+            self._upstream_ok.set()
 
     async def reclaim_loop(self, interval_s: float) -> None:
         """Serve requests held by replicas that died (their heartbeat lapsed) before answering."""

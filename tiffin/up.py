@@ -22,6 +22,7 @@ from tiffin.autoscaler import Autoscaler
 from tiffin.config import Deployment
 from tiffin.local import ProcessSpec, Supervisor
 from tiffin.models import default_cache_dir, resolve_model
+from tiffin.probe import wait_until_ok
 from tiffin.redis_conn import connect
 from tiffin.redis_server import EmbeddedRedis, free_port
 from tiffin.registry import Registry
@@ -141,18 +142,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
 
 async def _wait_http(url: str, stop: asyncio.Event, timeout_s: float = 60.0) -> bool:
     """Poll `url` until it answers 200 (a process's readiness endpoint is its only signal)."""
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-        while time.monotonic() < deadline and not stop.is_set():
-            try:
-                async with session.get(url) as resp:
-                    if resp.status == 200:
-                        return True
-            except (aiohttp.ClientError, TimeoutError):
-                pass
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.2)
-    return False
+    async with aiohttp.ClientSession() as session:
+        return await wait_until_ok(session, url, stop, timeout_s)
 
 
 async def _wait_scaler(scaler: ScalerClient, stop: asyncio.Event) -> bool:
