@@ -16,17 +16,13 @@ from tiffin.orphans import withdraw_orphans
 log = structlog.get_logger("interceptor.janitor")
 
 
-async def sweep(redis: Redis, deployments: list[Deployment], own_reply: str) -> int:
-    """One pass over every deployment's queue; returns how many requests were withdrawn."""
-    total = 0
+async def sweep(redis: Redis, deployments: list[Deployment], own_reply: str) -> None:
+    """One pass over every deployment's queue, each withdrawal logged and counted."""
     for deployment in deployments:
-        withdrawn = await withdraw_orphans(redis, deployment.name, own_reply=own_reply)
-        for w in withdrawn:
+        for w in await withdraw_orphans(redis, deployment.name, own_reply=own_reply):
             metrics.WITHDRAWN.labels(deployment.name, w.reason).inc()
             log.warning("request_withdrawn", deployment=deployment.name, request_id=w.request_id,
                         reason=w.reason, in_flight=w.in_flight)  # fmt: skip
-        total += len(withdrawn)
-    return total
 
 
 async def sweep_forever(
