@@ -32,3 +32,8 @@ WITHDRAWN = Counter(
     "tiffin_requests_withdrawn", "Queued requests withdrawn because their interceptor died or their wait ran out.",
     ["deployment", "reason"], registry=REGISTRY,
 )  # fmt: skip
+REJECTED = Counter(
+    "tiffin_rejected",
+    "Requests and connections the edge refused before queueing, by deployment ('-' when not yet known) and reason.",
+    ["deployment", "reason"], registry=REGISTRY,
+)  # fmt: skip
