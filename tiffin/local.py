@@ -11,9 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tiffin.logfiles import LogPolicy, RotatingLog, finish_pump, pump
+
 Say = Callable[[str], None]
 
 _BACKOFF_MAX_S = 30.0
+_PUMP_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -44,13 +47,17 @@ def tail(path: Path, lines: int) -> list[str]:
 
 
 class ManagedProcess:
-    """A child with its log file; restarted with backoff if it exits while it should run."""
+    """A child with its log file (size-bounded, rotated); restarted with backoff if it exits while it should run."""
 
-    def __init__(self, spec: ProcessSpec, log_dir: Path, say: Say) -> None:
+    def __init__(self, spec: ProcessSpec, log_dir: Path, say: Say, log_policy: LogPolicy | None = None) -> None:
         self.spec = spec
         self.log_path = log_dir / f"{spec.name}.log"
+        self.log_policy = log_policy or LogPolicy()
         self.say = say
         self.process: asyncio.subprocess.Process | None = None
+        self._log: RotatingLog | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._pumps: set[asyncio.Task[None]] = set()  # a dead spawn's grandchildren may still be writing
         self.restarts = 0
         self.spawns = 0
         self._wanted = False
@@ -66,12 +73,22 @@ class ManagedProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env}
         if self.spec.fresh_replica_id:
             env["TIFFIN_REPLICA_ID"] = f"{self.spec.env.get('TIFFIN_REPLICA_ID', self.spec.name)}-{self.spawns}"
-        with self.log_path.open("ab") as log:
-            # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
-            self.process = await asyncio.create_subprocess_exec(
-                *self.spec.argv(), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=log,
-                stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+        if self._log is None:
+            self._log = RotatingLog(self.log_path, self.log_policy)
+        # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
+        # Output goes through a pipe so that tiffin, not the child, bounds the log's size.
+        self.process = await asyncio.create_subprocess_exec(
+            *self.spec.argv(), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        self._pump = asyncio.create_task(pump(self.process.stdout, self._log), name=f"log-{self.spec.name}")
+        self._pumps.add(self._pump)
+        self._pump.add_done_callback(self._pumps.discard)
+
+    async def _drain_log(self) -> None:
+        if self._pump is not None:
+            await finish_pump(self._pump, _PUMP_GRACE_S)
 
     async def _watch(self) -> None:
         backoff = 1.0
@@ -80,6 +97,7 @@ class ManagedProcess:
             if not self._wanted:
                 return
             self.restarts += 1
+            await self._drain_log()  # its last words, before they are shown
             self.say(f"{self.spec.name} exited with code {code}; restarting in {backoff:.0f}s (log: {self.log_path})")
             for line in tail(self.log_path, 5):
                 self.say(f"  {self.spec.name}| {line}")
@@ -100,29 +118,37 @@ class ManagedProcess:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         proc = self.process
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), self.spec.stop_timeout_s)
-        except TimeoutError:
-            self.say(f"{self.spec.name} did not stop within {self.spec.stop_timeout_s:.0f}s; killing it")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), self.spec.stop_timeout_s)
+            except TimeoutError:
+                self.say(f"{self.spec.name} did not stop within {self.spec.stop_timeout_s:.0f}s; killing it")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        await self._drain_log()
+        for task in list(self._pumps):
+            task.cancel()  # a grandchild outside the group still holds the pipe: stop copying it
+        if self._pumps:
+            await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 class Supervisor:
     """Starts process groups in order and stops them in the reverse order."""
 
-    def __init__(self, log_dir: Path, say: Say) -> None:
+    def __init__(self, log_dir: Path, say: Say, log_policy: LogPolicy | None = None) -> None:
         self.log_dir = log_dir
         self.say = say
+        self.log_policy = log_policy
         self.stages: list[list[ManagedProcess]] = []
 
     async def start_stage(self, specs: list[ProcessSpec]) -> list[ManagedProcess]:
-        procs = [ManagedProcess(spec, self.log_dir, self.say) for spec in specs]
+        procs = [ManagedProcess(spec, self.log_dir, self.say, self.log_policy) for spec in specs]
         for proc in procs:
             await proc.start()
         self.stages.append(procs)

@@ -16,6 +16,7 @@ from pathlib import Path
 from tiffin import keys
 from tiffin.config import Deployment
 from tiffin.local import ManagedProcess, ProcessSpec, Say
+from tiffin.logfiles import LogPolicy
 from tiffin.redis_server import free_port
 
 # Long enough for the proxy to drain its in-flight requests and for a runner to drain its own.
@@ -42,8 +43,11 @@ class Replica:
 class LocalReplicas:
     """Starts and stops component replicas as local processes."""
 
-    def __init__(self, log_dir: Path, common_env: dict[str, str], say: Say) -> None:
+    def __init__(
+        self, log_dir: Path, common_env: dict[str, str], say: Say, log_policy: LogPolicy | None = None
+    ) -> None:
         self.log_dir = log_dir
+        self.log_policy = log_policy
         self.common_env = common_env
         self.say = say
         self.run = secrets.token_hex(2)  # replica ids differ between runs sharing one Redis
@@ -74,14 +78,15 @@ class LocalReplicas:
         env = {**self.common_env, "TIFFIN_DEPLOYMENT": dep.name, "TIFFIN_REPLICA_ID": f"{name}-{self.run}"}
         if component == "runner":
             spec = ProcessSpec(name, "runtime.runner", {**env, "TIFFIN_RUNNER_PORT": str(free_port())}, _RUNNER_STOP_S)
-            return Replica(name, [ManagedProcess(spec, self.log_dir, self.say)])
+            return Replica(name, [self._managed(spec)])
         port = free_port()
         api = ProcessSpec(name, "runtime.api", {**env, "TIFFIN_API_PORT": str(port)})
         proxy = ProcessSpec(f"{dep.name}-proxy-{n}", "proxy", {**env, "TIFFIN_UPSTREAM_URL": f"http://127.0.0.1:{port}"},
                             _PROXY_STOP_S, fresh_replica_id=True)  # fmt: skip
-        return Replica(
-            name, [ManagedProcess(proxy, self.log_dir, self.say), ManagedProcess(api, self.log_dir, self.say)]
-        )
+        return Replica(name, [self._managed(proxy), self._managed(api)])
+
+    def _managed(self, spec: ProcessSpec) -> ManagedProcess:
+        return ManagedProcess(spec, self.log_dir, self.say, self.log_policy)
 
     async def stop_all(self) -> None:
         """Stop every replica: API servers (with their proxies) first, then runners."""

@@ -21,6 +21,7 @@ import aiohttp
 from tiffin.autoscaler import Autoscaler
 from tiffin.config import Deployment
 from tiffin.local import ProcessSpec, Supervisor
+from tiffin.logfiles import LogPolicy
 from tiffin.models import default_cache_dir, resolve_model
 from tiffin.probe import wait_until_ok
 from tiffin.redis_conn import connect
@@ -41,7 +42,11 @@ def _say_for(name: str, message: str) -> None:
 
 
 def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
+    """True unless something listens on the port; a previous run's TIME_WAIT sockets do not count."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        # As the listener itself will bind (asyncio sets SO_REUSEADDR): only a live socket makes this fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
@@ -55,9 +60,15 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         if not _port_free(args.host, port):
             say(f"port {port} on {args.host} is in use; pick another with --port / --admin-port")
             return 1
+    # Everything tiffin and its children write (logs, Redis's append-only file with prompts and answers, keys,
+    # certificates) is for this user's eyes only.
+    os.umask(0o077)
     state_dir: Path = args.state_dir.resolve()
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (state_dir, log_dir):
+        folder.chmod(0o700)  # made by an earlier version, or by hand, with looser modes
+    log_policy = LogPolicy.from_env()
     cache_dir: Path = (args.cache_dir or default_cache_dir()).resolve()
 
     for dep in deployments:
@@ -77,8 +88,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
 
     config_env = os.pathsep.join(str(p.resolve()) for p in args.configs)
     common = {"TIFFIN_CONFIG": config_env, "REDIS_URL": redis_url, "TIFFIN_CACHE_DIR": str(cache_dir)}
-    core, edge = Supervisor(log_dir, say), Supervisor(log_dir, say)
-    replicas = LocalReplicas(log_dir, common, say)
+    core, edge = Supervisor(log_dir, say, log_policy), Supervisor(log_dir, say, log_policy)
+    replicas = LocalReplicas(log_dir, common, say, log_policy)
     client = connect(redis_url)
     stop, scaling_stop = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
