@@ -30,7 +30,7 @@ async def serve(settings: InterceptorSettings) -> None:
     await reader.start()
 
     public = web.AppRunner(public_app(relay), handler_cancellation=True, access_log=None)
-    admin = web.AppRunner(admin_app(relay, redis), access_log=None)
+    admin = web.AppRunner(admin_app(relay, redis, settings.admin_token), access_log=None)
     await public.setup()
     await admin.setup()
     await web.TCPSite(public, settings.host, settings.port).start()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from interceptor import metrics
+from interceptor.admin_auth import require_token
 from interceptor.relay import Relay
 from tiffin.config import Deployment
 from tiffin.errors import error_body, error_response
@@ -17,6 +19,8 @@ from tiffin.exceptions import MethodNotAllowed, NotFound, RequestError
 from tiffin.frames import COMPLETION_PATHS
 from tiffin.queue import now_ms
 from tiffin.status import read_status
+
+log = structlog.get_logger("interceptor.admin")
 
 RELAY = web.AppKey("relay", Relay)
 REDIS = web.AppKey("redis", Redis)
@@ -52,9 +56,11 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     return error_response(NotFound(f"no endpoint at {path}", code="route_not_found"))
 
 
-def admin_app(relay: Relay, redis: Redis) -> web.Application:
-    """Health, readiness, metrics and deployment status, on a port that is not exposed publicly."""
-    app = web.Application()
+def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Application:
+    """Health, readiness, metrics and deployment status, on a port that is not exposed publicly.
+
+    With `token`, everything but the health probes requires it (`Authorization: Bearer TOKEN`)."""
+    app = web.Application(middlewares=[require_token(token)] if token else [])
     app[RELAY] = relay
     app[REDIS] = redis
     app.router.add_get("/healthz", _healthz)
@@ -75,7 +81,9 @@ async def _readyz(request: web.Request) -> web.Response:
     try:
         await request.app[REDIS].ping()
     except (RedisError, OSError) as exc:
-        return web.json_response({"status": "redis unreachable", "error": str(exc)}, status=503)
+        # Probes are open to anyone who reaches the port: the reason goes to the log, not the answer.
+        log.warning("not_ready", reason="redis unreachable", error=str(exc))
+        return web.json_response({"status": "redis unreachable"}, status=503)
     return web.json_response({"status": "ready"})
 
 

@@ -7,6 +7,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from interceptor.admin_auth import read_token
+from tiffin.addresses import is_loopback
 from tiffin.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
 
 
@@ -26,6 +28,10 @@ class InterceptorSettings:
     """TIFFIN_ADMIN_HOST: admin listener address for /healthz, /readyz, /metrics (default 127.0.0.1)."""
     admin_port: int
     """TIFFIN_ADMIN_PORT: admin listener port (default 9090)."""
+    admin_token: str | None
+    """TIFFIN_ADMIN_TOKEN_FILE: a file holding the admin listener's bearer token (at least 16 characters).
+    Required when TIFFIN_ADMIN_HOST is not a loopback address; then every admin path but /healthz and /readyz
+    asks for it. Default: none (loopback only)."""
     drain_timeout_s: float
     """TIFFIN_DRAIN_TIMEOUT_S: on SIGTERM, how long in-flight requests may finish (default 60)."""
     reply_gap_grace_s: float
@@ -43,14 +49,24 @@ class InterceptorSettings:
         if not paths:
             raise SystemExit("TIFFIN_CONFIG must name deployment YAML files or folders")
         default_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        admin_host = env_str("TIFFIN_ADMIN_HOST", "127.0.0.1")
+        token_file = env_str("TIFFIN_ADMIN_TOKEN_FILE", "")
+        admin_token = read_token(Path(token_file)) if token_file else None
+        if admin_token is None and not is_loopback(admin_host):
+            raise SystemExit(
+                f"TIFFIN_ADMIN_HOST={admin_host} would expose status and metrics beyond this machine without a "
+                "credential: set TIFFIN_ADMIN_TOKEN_FILE to a file holding a token, or bind the admin listener "
+                "to 127.0.0.1"
+            )
         return cls(
             config_paths=paths,
             redis_url=redis_url(),
             interceptor_id=env_str("TIFFIN_INTERCEPTOR_ID", default_id),
             host=env_str("TIFFIN_HOST", "127.0.0.1"),
             port=env_int("TIFFIN_PORT", 8080),
-            admin_host=env_str("TIFFIN_ADMIN_HOST", "127.0.0.1"),
+            admin_host=admin_host,
             admin_port=env_int("TIFFIN_ADMIN_PORT", 9090),
+            admin_token=admin_token,
             drain_timeout_s=env_float("TIFFIN_DRAIN_TIMEOUT_S", 60.0),
             reply_gap_grace_s=env_float("TIFFIN_REPLY_GAP_GRACE_S", 30.0),
             reply_ttl_s=env_positive("TIFFIN_REPLY_TTL_S", 60.0),

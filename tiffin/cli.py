@@ -25,6 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--host", default="127.0.0.1", help="public listener address (default 127.0.0.1)")
     up.add_argument("--port", type=int, default=8080, help="public listener port (default 8080)")
     up.add_argument("--admin-port", type=int, default=9090, help="admin port: /healthz, /readyz, /metrics, /api/status")
+    up.add_argument("--admin-host", default="127.0.0.1",
+                    help="admin listener address (default 127.0.0.1); any other address requires a token, which "
+                         "tiffin up keeps in STATE_DIR/admin-token")  # fmt: skip
     status = sub.add_parser("status", help="show each deployment's state, replicas and queue (from a running tiffin)")
     status.add_argument(
         "--admin",
@@ -32,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the interceptor's admin address (default http://127.0.0.1:9090 or TIFFIN_ADMIN_URL)",
     )
     status.add_argument("--json", action="store_true", help="print the JSON of GET /api/status")
+    status.add_argument("--token-file", type=Path, default=os.environ.get("TIFFIN_ADMIN_TOKEN_FILE"),
+                        help="file holding the admin token, for an admin listener beyond loopback "
+                             "(default TIFFIN_ADMIN_TOKEN_FILE)")  # fmt: skip
     check = sub.add_parser("check", help="validate deployment files and exit")
     check.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
     return parser
@@ -40,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "status":
-        raise SystemExit(show_status(args.admin, as_json=args.json))
+        raise SystemExit(show_status(args.admin, as_json=args.json, token_file=args.token_file))
     try:
         deployments = load_deployments(args.configs)
     except ConfigError as exc:

@@ -6,6 +6,7 @@
     ├── RedisServerError     the embedded Redis would not start
     └── RequestError         a request cannot be served; carries its HTTP status and OpenAI error type
         ├── BadRequest           400  malformed JSON or fields
+        ├── Unauthenticated      401  no credential, or not a valid one
         ├── NotFound             404  no route or model
         ├── MethodNotAllowed     405
         ├── PayloadTooLarge      413
@@ -63,6 +64,12 @@ class RequestError(TiffinError):
 class BadRequest(RequestError):
     status = 400
     error_type = "invalid_request_error"
+
+
+class Unauthenticated(RequestError):
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
 
 
 class NotFound(RequestError):

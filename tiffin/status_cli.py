@@ -6,12 +6,16 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 
-def fetch_status(admin_url: str, timeout_s: float = 5.0) -> dict[str, Any]:
-    """GET /api/status from a running interceptor's admin listener."""
-    with urllib.request.urlopen(admin_url.rstrip("/") + "/api/status", timeout=timeout_s) as resp:
+def fetch_status(admin_url: str, timeout_s: float = 5.0, token: str | None = None) -> dict[str, Any]:
+    """GET /api/status from a running interceptor's admin listener (with its token, if it has one)."""
+    request = urllib.request.Request(admin_url.rstrip("/") + "/api/status")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout_s) as resp:
         data: dict[str, Any] = json.load(resp)
     return data
 
@@ -38,10 +42,15 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join([*lines, "(API and RUNNER: ready/desired replicas)"])
 
 
-def show_status(admin_url: str, as_json: bool) -> int:
+def show_status(admin_url: str, as_json: bool, token_file: Path | None = None) -> int:
     """Print the status; 1 with a hint when no tiffin answers at `admin_url`."""
     try:
-        data = fetch_status(admin_url)
+        token = token_file.read_text().strip() if token_file else None
+        data = fetch_status(admin_url, token=token)
+    except urllib.error.HTTPError as exc:
+        hint = " Pass the admin token with --token-file." if exc.code == 401 else ""
+        print(f"tiffin: {admin_url} answered {exc.code} {exc.reason}.{hint}", file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
         reason = getattr(exc, "reason", exc)
         print(f"tiffin: no status from {admin_url} ({reason}); is `tiffin up` running? "

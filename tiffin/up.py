@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import secrets
 import signal
 import socket
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
+from tiffin.addresses import is_loopback, url_host
 from tiffin.autoscaler import Autoscaler
 from tiffin.config import Deployment
 from tiffin.local import ProcessSpec, Supervisor
@@ -41,6 +43,15 @@ def _say_for(name: str, message: str) -> None:
     say(f"{name}: {message}")
 
 
+def admin_token_file(state_dir: Path) -> Path:
+    """The admin listener's token, made once (owner-only) and kept in the state folder."""
+    path = state_dir / "admin-token"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    return path
+
+
 def _port_free(host: str, port: int) -> bool:
     """True unless something listens on the port; a previous run's TIME_WAIT sockets do not count."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -56,9 +67,9 @@ def _port_free(host: str, port: int) -> bool:
 
 async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     """Prepare models, start Redis, the scaler, the interceptor and the autoscaler; run until a signal."""
-    for port in (args.port, args.admin_port):
-        if not _port_free(args.host, port):
-            say(f"port {port} on {args.host} is in use; pick another with --port / --admin-port")
+    for host, port in ((args.host, args.port), (args.admin_host, args.admin_port)):
+        if not _port_free(host, port):
+            say(f"port {port} on {host} is in use (another tiffin up?); pick another with --port / --admin-port")
             return 1
     # Everything tiffin and its children write (logs, Redis's append-only file with prompts and answers, keys,
     # certificates) is for this user's eyes only.
@@ -104,15 +115,21 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             say(f"the scaler did not become ready; see {log_dir}/scaler.log")
             return 1
         say(f"scaler      grpc://127.0.0.1:{scaler_port} (KEDA external scaler protocol)")
+        admin_env = {"TIFFIN_ADMIN_HOST": args.admin_host, "TIFFIN_ADMIN_PORT": str(args.admin_port)}
+        token_file = None if is_loopback(args.admin_host) else admin_token_file(state_dir)
+        if token_file is not None:
+            admin_env["TIFFIN_ADMIN_TOKEN_FILE"] = str(token_file)
         await edge.start_stage([ProcessSpec("interceptor", "interceptor", stop_timeout_s=70, env={
-            **common, "TIFFIN_HOST": args.host, "TIFFIN_PORT": str(args.port),
-            "TIFFIN_ADMIN_PORT": str(args.admin_port)})])  # fmt: skip
+            **common, "TIFFIN_HOST": args.host, "TIFFIN_PORT": str(args.port), **admin_env})])  # fmt: skip
         endpoint = f"http://{args.host}:{args.port}/v1"
-        admin = f"http://{args.host}:{args.admin_port}"
+        admin = f"http://{url_host(args.admin_host)}:{args.admin_port}"
         if not await _wait_http(f"{admin}/readyz", stop):
             say(f"the interceptor did not become ready; see {log_dir}/interceptor.log")
             return 1
         say(f"interceptor {endpoint} (admin {admin}/api/status, {admin}/metrics)")
+        if token_file is not None:
+            say(f"admin       on {args.admin_host}: every path but /healthz and /readyz needs "
+                f"'Authorization: Bearer' with the token in {token_file}")  # fmt: skip
         say(f"logs        {log_dir}/")
         autoscaler = Autoscaler(scaler, deployments, replicas, client, say)
         autoscaling = asyncio.create_task(autoscaler.run(scaling_stop), name="autoscaler")
@@ -132,7 +149,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
                 f"try:   curl {endpoint}/chat/completions -H 'content-type: application/json' -d "
                 f"""'{{"model": "{first.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'"""
             )
-            say(f"watch: tiffin status --admin {admin}")
+            token_arg = f" --token-file {token_file}" if token_file is not None else ""
+            say(f"watch: tiffin status --admin {admin}{token_arg}")
             say("Ctrl-C stops everything")
         await stop.wait()
         say("stopping: interceptor (drains in-flight requests), replicas, scaler, redis")
