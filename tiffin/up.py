@@ -28,6 +28,7 @@ from tiffin.redis_server import EmbeddedRedis, free_port
 from tiffin.registry import Registry
 from tiffin.replicas import LocalReplicas
 from tiffin.scaler_client import ScalerClient
+from tiffin.tls.edge import EdgeTLS, plan_edge_tls, url_host
 
 _SCALER_READY_S = 60.0
 
@@ -56,6 +57,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             say(f"port {port} on {args.host} is in use; pick another with --port / --admin-port")
             return 1
     state_dir: Path = args.state_dir.resolve()
+    # Before anything is made: certificate files of one's own that cannot be used stop the start here.
+    tls = await asyncio.to_thread(plan_edge_tls, args.tls_cert, args.tls_key, args.plain_http, state_dir, args.host)
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     cache_dir: Path = (args.cache_dir or default_cache_dir()).resolve()
@@ -95,13 +98,15 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         say(f"scaler      grpc://127.0.0.1:{scaler_port} (KEDA external scaler protocol)")
         await edge.start_stage([ProcessSpec("interceptor", "interceptor", stop_timeout_s=70, env={
             **common, "TIFFIN_HOST": args.host, "TIFFIN_PORT": str(args.port),
-            "TIFFIN_ADMIN_PORT": str(args.admin_port)})])  # fmt: skip
-        endpoint = f"http://{args.host}:{args.port}/v1"
+            "TIFFIN_ADMIN_PORT": str(args.admin_port), **tls.env})])  # fmt: skip
+        base = f"{tls.scheme}://{url_host(args.host)}:{args.port}"
+        endpoint = f"{base}/v1"
         admin = f"http://{args.host}:{args.admin_port}"
         if not await _wait_http(f"{admin}/readyz", stop):
             say(f"the interceptor did not become ready; see {log_dir}/interceptor.log")
             return 1
         say(f"interceptor {endpoint} (admin {admin}/api/status, {admin}/metrics)")
+        _say_tls(tls, base, args.host, args.port)
         say(f"logs        {log_dir}/")
         autoscaler = Autoscaler(scaler, deployments, replicas, client, say)
         autoscaling = asyncio.create_task(autoscaler.run(scaling_stop), name="autoscaler")
@@ -115,10 +120,10 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             for dep in deployments:
                 prefix = "" if dep.routing.path_prefix == "/" else dep.routing.path_prefix
                 how = "warm" if dep in warm else "at zero: the first request wakes it and waits for the cold start"
-                say(f"ready: {dep.name} at http://{args.host}:{args.port}{prefix}/v1 (model '{dep.model_name}', {how})")
+                say(f"ready: {dep.name} at {base}{prefix}/v1 (model '{dep.model_name}', {how})")
             first = deployments[0]
             say(
-                f"try:   curl {endpoint}/chat/completions -H 'content-type: application/json' -d "
+                f"try:   curl {tls.curl_flag()}{endpoint}/chat/completions -H 'content-type: application/json' -d "
                 f"""'{{"model": "{first.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'"""
             )
             say(f"watch: tiffin status --admin {admin}")
@@ -138,6 +143,16 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         if redis is not None:
             await asyncio.to_thread(redis.stop)
         say("stopped")
+
+
+def _say_tls(tls: EdgeTLS, base: str, host: str, port: int) -> None:
+    """How the endpoint is secured and how a client trusts it (or the warning that it is not)."""
+    for note in tls.notes:
+        say(note.replace("{url}", base))
+    named = [n for n in tls.names if "*" not in n]
+    if tls.names and url_host(host).strip("[]") not in tls.names and named:
+        example = f"https://{url_host(named[0])}:{port}/v1"
+        say(f"            clients connect by a name the certificate covers, e.g. {example}")
 
 
 async def _wait_http(url: str, stop: asyncio.Event, timeout_s: float = 60.0) -> bool:
