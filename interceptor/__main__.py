@@ -7,6 +7,7 @@ import signal
 
 from aiohttp import web
 
+from interceptor import tls_metrics
 from interceptor.app import admin_app, public_app
 from interceptor.config import InterceptorSettings
 from interceptor.janitor import sweep_forever
@@ -24,6 +25,8 @@ async def serve(settings: InterceptorSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain: stop taking requests, let in-flight ones finish, stop."""
     log = setup_logging("interceptor")
     certificates = CertificateStore.load(settings.tls) if settings.tls else None
+    if certificates is not None:
+        tls_metrics.register(certificates)
     deployments = load_deployments(settings.config_paths)
     redis = connect(settings.redis_url, max_connections=512)
     reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)

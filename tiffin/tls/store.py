@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import ssl
 from collections.abc import Sequence
+from pathlib import Path
 
 import structlog
 
@@ -30,6 +31,8 @@ class CertificateStore:
             raise TLSError("no certificate configured")
         self._pairs = list(loaded)
         self._failed: dict[int, str] = {}
+        self.reload_failures: dict[Path, int] = {}
+        """Per certificate file: renewed versions that could not be loaded (each counted once)."""
         # The listener's context holds no certificate: the callback switches every handshake (SNI or none) to
         # the chosen pair's context before OpenSSL picks a certificate.
         self.context = server_context()
@@ -41,6 +44,10 @@ class CertificateStore:
         loaded = [load_pair(p) for p in pairs]
         for item in loaded:
             _note(item, "tls_certificate")
+            mode = item.pair.key_file.stat().st_mode & 0o777
+            if mode & 0o077:
+                log.warning("tls_key_readable_by_others", key_file=str(item.pair.key_file), mode=f"{mode:o}",
+                            advice="make the key file readable by its owner only (chmod 600)")  # fmt: skip
         return cls(loaded)
 
     @property
@@ -93,6 +100,8 @@ class CertificateStore:
         if self._failed.get(index) == version:
             return
         self._failed[index] = version
+        cert_file = current.pair.cert_file
+        self.reload_failures[cert_file] = self.reload_failures.get(cert_file, 0) + 1
         log.warning(
             "tls_reload_failed", error=str(exc), cert_file=str(current.pair.cert_file),
             keeping_serial=f"{current.serial:x}", keeping_not_after=current.not_after.isoformat(),
