@@ -185,3 +185,15 @@ def test_a_chain_with_an_intermediate_loads_leaf_first(tmp_path: Path) -> None:
     loaded = load_pair(write_pair(tmp_path, "chain", cert, key, intermediate_cert))
     assert loaded.hosts == ["site.example"]
     assert loaded.serial == cert.serial_number
+
+
+def test_a_key_readable_by_others_is_warned_about(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "site", *Authority.make().issue(["localhost"]))
+    pair.key_file.chmod(0o644)
+    with capture_logs() as logs:
+        CertificateStore.load([pair])
+    assert [e["mode"] for e in logs if e["event"] == "tls_key_readable_by_others"] == ["644"]
+    pair.key_file.chmod(0o600)
+    with capture_logs() as logs:
+        CertificateStore.load([pair])
+    assert [e["event"] for e in logs] == ["tls_certificate"]
