@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tiffin.env import env_bool, env_paths
 from tiffin.exceptions import TLSError
-from tiffin.tls.localca import ensure_local_tls, hosts_for
+from tiffin.tls.localca import ensure_local_tls, hosts_for, machine_names
 from tiffin.tls.pair import load_pair, pairs_from
 
 _INDENT = " " * 12
@@ -74,7 +74,7 @@ def plan_edge_tls(cert_files: list[Path], key_files: list[Path], plain_http: boo
         names = [h for p in pairs for h in p.hosts]
         return EdgeTLS(env=_env([p.pair.cert_file for p in pairs], [p.pair.key_file for p in pairs]), scheme="https",
                        notes=notes, names=names)  # fmt: skip
-    local = ensure_local_tls(state_dir / "tls", hosts_for(host))
+    local = ensure_local_tls(state_dir / "tls", hosts_for(host), if_permitted=machine_names(host))
     ca = _shown(local.ca_file)
     if local.ca_made is None:
         made = "reused; made on the first run"

@@ -61,20 +61,30 @@ class LocalTLS:
     not_after: dt.datetime
 
 
+def _wildcard(listen_host: str) -> bool:
+    return listen_host.strip("[]") in ("", "0.0.0.0", "::")
+
+
 def hosts_for(listen_host: str) -> list[str]:
-    """The names the server certificate covers: loopback, plus the listen address if it is another one
-    (for a wildcard listen address, this machine's host name)."""
-    extra = listen_host.strip("[]")
-    if extra in ("", "0.0.0.0", "::"):
-        extra = socket.gethostname()
+    """The names the server certificate must cover: loopback, plus the listen address if it is another one."""
     hosts = list(LOOPBACK)
-    if extra.lower() not in hosts:
-        hosts.append(extra.lower())
+    extra = listen_host.strip("[]").lower()
+    if not _wildcard(listen_host) and extra not in hosts:
+        hosts.append(extra)
     return hosts
 
 
-def ensure_local_tls(folder: Path, hosts: Sequence[str], now: dt.datetime | None = None) -> LocalTLS:
-    """Reuse or make the CA and a server certificate covering `hosts` in `folder` (owner-only keys)."""
+def machine_names(listen_host: str) -> list[str]:
+    """For a wildcard listen address, this machine's host name: covered when the CA permits it, never a reason
+    for a new CA (a container's host name changes with every start)."""
+    return [socket.gethostname().lower()] if _wildcard(listen_host) else []
+
+
+def ensure_local_tls(
+    folder: Path, hosts: Sequence[str], now: dt.datetime | None = None, *, if_permitted: Sequence[str] = ()
+) -> LocalTLS:
+    """Reuse or make the CA and a server certificate covering `hosts` (and those of `if_permitted` that the CA
+    may vouch for) in `folder`, keys owner-only."""
     now = now or dt.datetime.now(dt.UTC)
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
@@ -92,6 +102,7 @@ def ensure_local_tls(folder: Path, hosts: Sequence[str], now: dt.datetime | None
             _write(folder / CA_KEY_FILE, _key_pem(ca[1]), private=True)
             _write(folder / CA_FILE, ca[0].public_bytes(serialization.Encoding.PEM), private=False)
         assert ca is not None
+        hosts = [*hosts, *(h for h in if_permitted if h not in hosts and _permitted(ca[0], h))]
         issued = _reissue_reason(folder, ca[0], hosts, now)
         if issued is not None:
             cert, key = _issue(ca, hosts, now)
