@@ -15,7 +15,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.tiffin.certs import handshake, leaf, listening, write_pair
 from tiffin.tls import CertificateStore, CertPair
-from tiffin.tls.localca import CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE, ensure_local_tls, hosts_for
+from tiffin.tls.localca import (
+    CA_FILE,
+    CA_KEY_FILE,
+    CERT_FILE,
+    KEY_FILE,
+    LOOPBACK,
+    ensure_local_tls,
+    hosts_for,
+    machine_names,
+)
 
 FILES = (CA_FILE, CA_KEY_FILE, CERT_FILE, KEY_FILE)
 
@@ -82,11 +91,18 @@ def test_a_new_local_host_is_covered_by_a_certificate_from_the_same_ca(tmp_path:
     assert (folder / CA_FILE).read_bytes() != ca
 
 
-def test_a_wildcard_listen_address_is_covered_by_this_machines_name(tmp_path: Path) -> None:
-    hosts = hosts_for("0.0.0.0")
-    assert hosts[:3] == ["localhost", "127.0.0.1", "::1"]
-    assert hosts[3] == socket.gethostname().lower()
-    ensure_local_tls(tmp_path / "tls", hosts)  # the CA permits this machine's name
+def test_a_wildcard_listen_address_adds_this_machines_name_but_never_a_new_ca(tmp_path: Path) -> None:
+    folder = tmp_path / "tls"
+    assert hosts_for("0.0.0.0") == hosts_for("::") == ["localhost", "127.0.0.1", "::1"]
+    assert machine_names("0.0.0.0") == [socket.gethostname().lower()]
+    assert machine_names("127.0.0.1") == []
+    local = ensure_local_tls(folder, hosts_for("0.0.0.0"), if_permitted=machine_names("0.0.0.0"))
+    assert local.hosts == [*LOOPBACK, socket.gethostname().lower()]  # the CA permits the name it was made on
+    ca = (folder / CA_FILE).read_bytes()
+    # A container restarted under another host name keeps its CA; the new name is left out.
+    again = ensure_local_tls(folder, hosts_for("0.0.0.0"), if_permitted=["renamed-container-7f3a.example"])
+    assert (again.ca_made, again.hosts) == (None, LOOPBACK)
+    assert (folder / CA_FILE).read_bytes() == ca
 
 
 async def test_trusting_the_local_ca_cannot_be_abused_for_other_sites(tmp_path: Path) -> None:
