@@ -62,6 +62,7 @@ def test_certificates_from_flags_or_environment_are_checked_and_passed_on(
     assert plan.env["TIFFIN_TLS_CERT_FILES"] == f"{a.cert_file}{os.pathsep}{b.cert_file}"
     assert plan.env["TIFFIN_TLS_KEY_FILES"] == f"{a.key_file}{os.pathsep}{b.key_file}"
     assert plan.names == ["a.test", "*.b.test"] and plan.ca_file is None
+    assert "(until " in plan.notes[0]
     assert not (tmp_path / "state").exists()  # no local CA when certificates are given
 
     monkeypatch.setenv("TIFFIN_TLS_CERT_FILES", str(b.cert_file))
@@ -70,3 +71,9 @@ def test_certificates_from_flags_or_environment_are_checked_and_passed_on(
         plan_edge_tls([], [], False, tmp_path / "state", "127.0.0.1")
     monkeypatch.setenv("TIFFIN_TLS_KEY_FILES", str(b.key_file))
     assert plan_edge_tls([], [], False, tmp_path / "state", "127.0.0.1").names == ["*.b.test"]
+
+
+def test_a_certificate_close_to_expiry_is_pointed_out(tmp_path: Path) -> None:
+    pair = write_pair(tmp_path, "soon", *Authority.make().issue(["soon.test"], days=5))
+    [note] = plan_edge_tls([pair.cert_file], [pair.key_file], False, tmp_path / "state", "127.0.0.1").notes
+    assert "EXPIRES in 4 days" in note or "EXPIRES in 5 days" in note

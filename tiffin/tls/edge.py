@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -13,6 +14,7 @@ from tiffin.env import env_bool, env_paths
 from tiffin.exceptions import TLSError
 from tiffin.tls.localca import ensure_local_tls, hosts_for, machine_names
 from tiffin.tls.pair import load_pair, pairs_from
+from tiffin.tls.store import EXPIRY_WARNING
 
 _INDENT = " " * 12
 
@@ -68,7 +70,7 @@ def plan_edge_tls(cert_files: list[Path], key_files: list[Path], plain_http: boo
                                                   source)]  # fmt: skip
         notes = [
             f"tls         certificate {p.pair.cert_file} for {', '.join(p.hosts) or '(no names)'} "
-            f"(until {p.not_after:%Y-%m-%d}; renewed files are picked up without a restart)"
+            f"({_validity(p.not_after)}; renewed files are picked up without a restart)"
             for p in pairs
         ]
         names = [h for p in pairs for h in p.hosts]
@@ -94,6 +96,15 @@ def plan_edge_tls(cert_files: list[Path], key_files: list[Path], plain_http: boo
     ]  # fmt: skip
     return EdgeTLS(env=_env([local.cert_file], [local.key_file]), scheme="https", ca_file=local.ca_file, notes=notes,
                    names=local.hosts)  # fmt: skip
+
+
+def _validity(not_after: dt.datetime) -> str:
+    left = not_after - dt.datetime.now(dt.UTC)
+    if left.total_seconds() <= 0:
+        return f"EXPIRED on {not_after:%Y-%m-%d}: clients will refuse it"
+    if left < EXPIRY_WARNING:
+        return f"EXPIRES in {left.days} days, on {not_after:%Y-%m-%d}"
+    return f"until {not_after:%Y-%m-%d}"
 
 
 def _python_context(ca: str) -> str:
