@@ -14,6 +14,7 @@ from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
+from interceptor.tls_site import TLSSite
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError, TLSError
 from tiffin.logs import setup_logging
@@ -38,8 +39,11 @@ async def serve(settings: InterceptorSettings) -> None:
     admin = web.AppRunner(admin_app(relay, redis), access_log=None)
     await public.setup()
     await admin.setup()
-    tls = certificates.context if certificates else None
-    await web.TCPSite(public, settings.host, settings.port, ssl_context=tls).start()
+    site: web.BaseSite = web.TCPSite(public, settings.host, settings.port)
+    if certificates is not None:
+        site = TLSSite(public, settings.host, settings.port, ssl_context=certificates.context,
+                       handshake_timeout_s=settings.tls_handshake_timeout_s)  # fmt: skip
+    await site.start()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     log.info(
         "listening",

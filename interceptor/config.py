@@ -52,6 +52,9 @@ class InterceptorSettings:
     """TIFFIN_PLAIN_HTTP: 1 to serve plain HTTP, for a TLS-terminating proxy in front (default 0)."""
     tls_reload_s: float
     """TIFFIN_TLS_RELOAD_S: how often certificate files are checked for renewal (default 10)."""
+    tls_handshake_timeout_s: float
+    """TIFFIN_TLS_HANDSHAKE_TIMEOUT_S: a connection that has not finished its TLS handshake by then is closed
+    (default 10)."""
 
     @property
     def scheme(self) -> str:
@@ -79,6 +82,7 @@ class InterceptorSettings:
             tls=tls,
             plain_http=plain_http,
             tls_reload_s=env_positive("TIFFIN_TLS_RELOAD_S", 10.0),
+            tls_handshake_timeout_s=env_positive("TIFFIN_TLS_HANDSHAKE_TIMEOUT_S", 10.0),
         )
 
 
