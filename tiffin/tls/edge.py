@@ -90,7 +90,7 @@ def plan_edge_tls(cert_files: list[Path], key_files: list[Path], plain_http: boo
     notes += [
         f"{_INDENT}curl --cacert {shlex.quote(ca)} {{url}}/v1/models",
         f"{_INDENT}SSL_CERT_FILE={shlex.quote(ca)} python your_client.py   "
-        "(that process then trusts only this CA; openai, httpx and Python's ssl module read it)",
+        "(openai and httpx then trust this CA instead of their default bundle, in that whole process)",
         f"{_INDENT}OpenAI(..., http_client=DefaultHttpxClient(verify={_python_context(ca)}))"
         "   (import ssl; from openai import OpenAI, DefaultHttpxClient)",
     ]  # fmt: skip
