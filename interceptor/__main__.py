@@ -53,6 +53,9 @@ async def serve(settings: InterceptorSettings) -> None:
         deployments=[d.name for d in deployments],
         interceptor_id=settings.interceptor_id,
     )
+    if certificates is None:
+        log.warning("plain_http", detail="TIFFIN_PLAIN_HTTP=1: requests, answers and API keys travel unencrypted; "
+                    "meant only behind a TLS-terminating proxy")  # fmt: skip
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

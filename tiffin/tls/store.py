@@ -44,10 +44,7 @@ class CertificateStore:
         loaded = [load_pair(p) for p in pairs]
         for item in loaded:
             _note(item, "tls_certificate")
-            mode = item.pair.key_file.stat().st_mode & 0o777
-            if mode & 0o077:
-                log.warning("tls_key_readable_by_others", key_file=str(item.pair.key_file), mode=f"{mode:o}",
-                            advice="make the key file readable by its owner only (chmod 600)")  # fmt: skip
+            _warn_if_readable_by_others(item.pair)
         return cls(loaded)
 
     @property
@@ -118,6 +115,14 @@ class CertificateStore:
                 await asyncio.to_thread(self.refresh)
             except Exception:  # a renewal must never take the edge down; the old certificates keep serving
                 log.exception("tls_refresh_error")
+
+
+def _warn_if_readable_by_others(pair: CertPair) -> None:
+    with contextlib.suppress(OSError):  # gone since it was read: the next refresh says so
+        mode = pair.key_file.stat().st_mode & 0o777
+        if mode & 0o077:
+            log.warning("tls_key_readable_by_others", key_file=str(pair.key_file), mode=f"{mode:o}",
+                        advice="make the key file readable by its owner only (chmod 600)")  # fmt: skip
 
 
 def _note(item: LoadedPair, event: str) -> None:
