@@ -77,3 +77,9 @@ def test_a_certificate_close_to_expiry_is_pointed_out(tmp_path: Path) -> None:
     pair = write_pair(tmp_path, "soon", *Authority.make().issue(["soon.test"], days=5))
     [note] = plan_edge_tls([pair.cert_file], [pair.key_file], False, tmp_path / "state", "127.0.0.1").notes
     assert "EXPIRES in 4 days" in note or "EXPIRES in 5 days" in note
+
+
+def test_a_state_folder_that_cannot_hold_the_local_ca_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file, not a folder")
+    with pytest.raises(TLSError, match="cannot keep the local CA there"):
+        plan_edge_tls([], [], False, tmp_path / "state", "127.0.0.1")

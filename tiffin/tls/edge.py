@@ -76,7 +76,10 @@ def plan_edge_tls(cert_files: list[Path], key_files: list[Path], plain_http: boo
         names = [h for p in pairs for h in p.hosts]
         return EdgeTLS(env=_env([p.pair.cert_file for p in pairs], [p.pair.key_file for p in pairs]), scheme="https",
                        notes=notes, names=names)  # fmt: skip
-    local = ensure_local_tls(state_dir / "tls", hosts_for(host), if_permitted=machine_names(host))
+    try:
+        local = ensure_local_tls(state_dir / "tls", hosts_for(host), if_permitted=machine_names(host))
+    except OSError as exc:
+        raise TLSError(f"{state_dir / 'tls'}: cannot keep the local CA there ({exc.strerror or exc})") from exc
     ca = _shown(local.ca_file)
     if local.ca_made is None:
         made = "reused; made on the first run"
