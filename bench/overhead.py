@@ -1,11 +1,12 @@
 """What the gateway costs: the same load sent straight to an OpenAI-compatible upstream and through tiffin.
 
-    .venv/bin/python bench/overhead.py [--requests 400] [--concurrency 16] [--rounds 3]
+    .venv/bin/python bench/overhead.py [--requests 400] [--concurrency 16] [--rounds 3] [--plain-http]
 
 Runs `tiffin up` with tests/upstream.py as the runner (an echo server, so the engine's own time is ~0 and what
 is measured is tiffin's path: interceptor -> Redis -> proxy -> API server -> runner and back). Rounds alternate
 direct and tiffin runs on this machine and the report gives ratios, since absolute timings on shared machines
-are noisy.
+are noisy. tiffin is reached over HTTPS with its local CA, as `tiffin up` serves by default (the direct baseline
+is plain HTTP); `--plain-http` measures the path without TLS, as behind a TLS-terminating proxy.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import re
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -46,11 +48,12 @@ def write_config(folder: Path) -> Path:
     return path
 
 
-def launch(folder: Path, port: int, admin: int) -> tuple[subprocess.Popen[bytes], IO[str]]:
+def launch(folder: Path, port: int, admin: int, plain_http: bool) -> tuple[subprocess.Popen[bytes], IO[str]]:
     """`tiffin up` in the background, its output in folder/up.log."""
     log = (folder / "up.log").open("w")
     command = [sys.executable, "-m", "tiffin", "up", str(write_config(folder)), "--port", str(port),
-               "--admin-port", str(admin), "--state-dir", str(folder / "state")]  # fmt: skip
+               "--admin-port", str(admin), "--state-dir", str(folder / "state"),
+               *(["--plain-http"] if plain_http else [])]  # fmt: skip
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log
 
 
@@ -70,13 +73,14 @@ async def registered_runner(up_output: str) -> str:
         await redis.aclose()
 
 
-async def load(url: str, requests: int, concurrency: int, stream: bool) -> list[float]:
+async def load(url: str, requests: int, concurrency: int, stream: bool, tls: ssl.SSLContext | None) -> list[float]:
     """Latencies (s) of `requests` chat completions sent `concurrency` at a time."""
     body = {"model": "echo", "stream": stream,
             "messages": [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}]}  # fmt: skip
     latencies: list[float] = []
     todo = iter(range(requests))
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls if url.startswith("https:") else True)
+    async with aiohttp.ClientSession(connector=connector) as session:
 
         async def worker() -> None:
             for _ in todo:
@@ -99,27 +103,30 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--plain-http", action="store_true", help="run tiffin without TLS (default: HTTPS)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         port, admin = free_port(), free_port()
-        up, log = launch(folder, port, admin)
+        up, log = launch(folder, port, admin, args.plain_http)
         try:
             deadline = time.monotonic() + 120
             while "ready: echo" not in (text := (folder / "up.log").read_text()):
                 assert up.poll() is None and time.monotonic() < deadline, text
                 await asyncio.sleep(0.2)
             runner_url = await registered_runner(text)
-            targets = {"direct": runner_url, "tiffin": f"http://127.0.0.1:{port}"}
+            scheme = "http" if args.plain_http else "https"
+            targets = {"direct": runner_url, "tiffin": f"{scheme}://127.0.0.1:{port}"}
+            tls = None if args.plain_http else ssl.create_default_context(cafile=folder / "state" / "tls" / "ca.pem")
             for stream in (False, True):
                 for url in targets.values():  # warm-up: connections, caches
-                    await load(url, 50, args.concurrency, stream)
+                    await load(url, 50, args.concurrency, stream, tls)
                 results: dict[str, list[float]] = {name: [] for name in targets}
                 walls: dict[str, float] = dict.fromkeys(targets, 0.0)
                 for _ in range(args.rounds):
                     for name, url in targets.items():
                         started = time.perf_counter()
-                        results[name] += await load(url, args.requests, args.concurrency, stream)
+                        results[name] += await load(url, args.requests, args.concurrency, stream, tls)
                         walls[name] += time.perf_counter() - started
                 kind = "streaming" if stream else "non-streaming"
                 print(f"\n{kind}: {args.rounds} x {args.requests} requests, concurrency {args.concurrency}")

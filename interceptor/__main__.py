@@ -7,21 +7,27 @@ import signal
 
 from aiohttp import web
 
+from interceptor import tls_metrics
 from interceptor.app import admin_app, public_app
 from interceptor.config import InterceptorSettings
 from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
+from interceptor.tls_site import TLSSite
 from tiffin.config import load_deployments
-from tiffin.exceptions import ConfigError
+from tiffin.exceptions import ConfigError, TLSError
 from tiffin.logs import setup_logging
 from tiffin.redis_conn import connect
+from tiffin.tls import CertificateStore
 
 
 async def serve(settings: InterceptorSettings) -> None:
     """Run until SIGTERM/SIGINT, then drain: stop taking requests, let in-flight ones finish, stop."""
     log = setup_logging("interceptor")
+    certificates = CertificateStore.load(settings.tls) if settings.tls else None
+    if certificates is not None:
+        tls_metrics.register(certificates)
     deployments = load_deployments(settings.config_paths)
     redis = connect(settings.redis_url, max_connections=512)
     reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
@@ -33,15 +39,23 @@ async def serve(settings: InterceptorSettings) -> None:
     admin = web.AppRunner(admin_app(relay, redis, settings.admin_token), access_log=None)
     await public.setup()
     await admin.setup()
-    await web.TCPSite(public, settings.host, settings.port).start()
+    site: web.BaseSite = web.TCPSite(public, settings.host, settings.port)
+    if certificates is not None:
+        site = TLSSite(public, settings.host, settings.port, ssl_context=certificates.context,
+                       handshake_timeout_s=settings.tls_handshake_timeout_s)  # fmt: skip
+    await site.start()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     log.info(
         "listening",
-        public=f"http://{settings.host}:{settings.port}",
+        public=f"{settings.scheme}://{settings.host}:{settings.port}",
+        tls_hosts=[p.hosts for p in certificates.pairs] if certificates else None,
         admin=f"http://{settings.admin_host}:{settings.admin_port}",
         deployments=[d.name for d in deployments],
         interceptor_id=settings.interceptor_id,
     )
+    if certificates is None:
+        log.warning("plain_http", detail="TIFFIN_PLAIN_HTTP=1: requests, answers and API keys travel unencrypted; "
+                    "meant only behind a TLS-terminating proxy")  # fmt: skip
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -50,8 +64,11 @@ async def serve(settings: InterceptorSettings) -> None:
     janitor = asyncio.create_task(
         sweep_forever(redis, deployments, reader.key, settings.orphan_sweep_s, stop), name="janitor"
     )
+    renewals = asyncio.create_task(certificates.watch(settings.tls_reload_s, stop)) if certificates else None
     await stop.wait()
     await janitor
+    if renewals is not None:
+        await renewals
 
     # Shutdown order: report not-ready and refuse new work, drain in-flight, then stop infrastructure.
     relay.draining = True
@@ -73,6 +90,8 @@ def main() -> None:
         asyncio.run(serve(settings))
     except ConfigError as exc:
         raise SystemExit(f"invalid deployment configuration:\n{exc}") from exc
+    except TLSError as exc:
+        raise SystemExit(f"invalid TLS configuration, nothing was started: {exc}") from exc
 
 
 if __name__ == "__main__":

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from interceptor.admin_auth import read_token
 from tiffin.addresses import is_loopback
-from tiffin.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
+from tiffin.env import env_bool, env_float, env_int, env_paths, env_positive, env_str, redis_url
+from tiffin.exceptions import TLSError
+from tiffin.tls import CertPair, pairs_from
+
+TLS_REQUIRED = (
+    "the interceptor serves HTTPS: set TIFFIN_TLS_CERT_FILES and TIFFIN_TLS_KEY_FILES (PEM certificate chains and "
+    f"their keys, '{os.pathsep}'-separated, in pairs), or TIFFIN_PLAIN_HTTP=1 to serve plain HTTP behind a "
+    "TLS-terminating proxy"
+)
 
 
 @dataclass(frozen=True)
@@ -42,12 +50,28 @@ class InterceptorSettings:
     interceptors then withdraw the requests it had queued."""
     orphan_sweep_s: float
     """TIFFIN_ORPHAN_SWEEP_S: how often to look for requests whose interceptor died (default 10)."""
+    tls: list[CertPair]
+    """TIFFIN_TLS_CERT_FILES, TIFFIN_TLS_KEY_FILES: the public listener's certificate chains (leaf first) and
+    their private keys, PEM, os.pathsep-separated, the n-th key for the n-th certificate. The first pair is
+    served to clients whose SNI names no other pair's host (no default: these or TIFFIN_PLAIN_HTTP are required)."""
+    plain_http: bool
+    """TIFFIN_PLAIN_HTTP: 1 to serve plain HTTP, for a TLS-terminating proxy in front (default 0)."""
+    tls_reload_s: float
+    """TIFFIN_TLS_RELOAD_S: how often certificate files are checked for renewal (default 10)."""
+    tls_handshake_timeout_s: float
+    """TIFFIN_TLS_HANDSHAKE_TIMEOUT_S: a connection that has not finished its TLS handshake by then is closed
+    (default 10)."""
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.plain_http else "https"
 
     @classmethod
     def from_env(cls) -> InterceptorSettings:
         paths = env_paths("TIFFIN_CONFIG")
         if not paths:
             raise SystemExit("TIFFIN_CONFIG must name deployment YAML files or folders")
+        tls, plain_http = _tls_from_env()
         default_id = f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         admin_host = env_str("TIFFIN_ADMIN_HOST", "127.0.0.1")
         token_file = env_str("TIFFIN_ADMIN_TOKEN_FILE", "")
@@ -71,4 +95,22 @@ class InterceptorSettings:
             reply_gap_grace_s=env_float("TIFFIN_REPLY_GAP_GRACE_S", 30.0),
             reply_ttl_s=env_positive("TIFFIN_REPLY_TTL_S", 60.0),
             orphan_sweep_s=env_positive("TIFFIN_ORPHAN_SWEEP_S", 10.0),
+            tls=tls,
+            plain_http=plain_http,
+            tls_reload_s=env_positive("TIFFIN_TLS_RELOAD_S", 10.0),
+            tls_handshake_timeout_s=env_positive("TIFFIN_TLS_HANDSHAKE_TIMEOUT_S", 10.0),
         )
+
+
+def _tls_from_env() -> tuple[list[CertPair], bool]:
+    """HTTPS from the named files, or plain HTTP only when asked for; neither (or both) is a start error."""
+    certs, keys = env_paths("TIFFIN_TLS_CERT_FILES"), env_paths("TIFFIN_TLS_KEY_FILES")
+    plain_http = env_bool("TIFFIN_PLAIN_HTTP")
+    if plain_http and (certs or keys):
+        raise SystemExit("set either TIFFIN_PLAIN_HTTP=1 or TIFFIN_TLS_CERT_FILES/TIFFIN_TLS_KEY_FILES, not both")
+    if not plain_http and not (certs or keys):
+        raise SystemExit(TLS_REQUIRED)
+    try:
+        return pairs_from(certs, keys, "TIFFIN_TLS_CERT_FILES/TIFFIN_TLS_KEY_FILES"), plain_http
+    except TLSError as exc:
+        raise SystemExit(str(exc)) from exc

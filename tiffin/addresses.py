@@ -17,9 +17,11 @@ def is_loopback(host: str) -> bool:
 
 
 def url_host(host: str) -> str:
-    """A listener address as it goes into a URL: IPv6 bracketed, the any-address as loopback."""
-    if host in ("0.0.0.0", ""):
+    """The host part of a URL clients use for a listen address: loopback for a wildcard, brackets for IPv6."""
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
         return "127.0.0.1"
-    if host == "::":
-        return "[::1]"
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from tiffin.config import load_deployments
-from tiffin.exceptions import ConfigError, ModelError, RedisServerError
+from tiffin.exceptions import ConfigError, ModelError, RedisServerError, TLSError
 from tiffin.status_cli import show_status
 from tiffin.up import say, up
 
@@ -28,6 +28,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--admin-host", default="127.0.0.1",
                     help="admin listener address (default 127.0.0.1); any other address requires a token, which "
                          "tiffin up keeps in STATE_DIR/admin-token")  # fmt: skip
+    up.add_argument("--tls-cert", action="append", type=Path, default=[], metavar="FILE",
+                    help="PEM certificate chain (leaf first) for the public listener; repeat with --tls-key for "
+                         "several hosts, chosen by SNI (default: a local CA in STATE_DIR/tls/)")  # fmt: skip
+    up.add_argument("--tls-key", action="append", type=Path, default=[], metavar="FILE",
+                    help="the private key of the --tls-cert in the same position")  # fmt: skip
+    up.add_argument("--plain-http", action="store_true",
+                    help="serve plain HTTP (unencrypted): only behind a TLS-terminating proxy")  # fmt: skip
     status = sub.add_parser("status", help="show each deployment's state, replicas and queue (from a running tiffin)")
     status.add_argument(
         "--admin",
@@ -60,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     try:
         raise SystemExit(asyncio.run(up(args, deployments)))
+    except TLSError as exc:
+        print(f"tiffin: the TLS configuration is invalid; nothing was started:\n  {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (ModelError, RedisServerError) as exc:
         print(f"tiffin: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

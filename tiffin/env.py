@@ -40,6 +40,18 @@ def env_positive(name: str, default: float) -> float:
     return value
 
 
+def env_bool(name: str, default: bool = False) -> bool:
+    """A switch: 1/true/yes/on or 0/false/no/off (empty or unset: `default`)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"environment variable {name}={raw!r} must be 1 or 0 (true/false, yes/no, on/off)")
+
+
 def env_paths(name: str) -> list[Path]:
     """A `:`-separated list of paths (like PATH)."""
     raw = os.environ.get(name, "")

@@ -4,6 +4,7 @@
     ├── ConfigError          a deployment file is wrong (names file, field, problem)
     ├── ModelError           a model cannot be found or converted
     ├── RedisServerError     the embedded Redis would not start
+    ├── TLSError             a certificate or key cannot be used (names the file and the problem)
     └── RequestError         a request cannot be served; carries its HTTP status and OpenAI error type
         ├── BadRequest           400  malformed JSON or fields
         ├── Unauthenticated      401  no credential, or not a valid one
@@ -42,6 +43,10 @@ class ModelError(TiffinError):
 
 class RedisServerError(TiffinError):
     """The embedded redis-server could not be started."""
+
+
+class TLSError(TiffinError):
+    """A certificate or key file is missing, unreadable, not PEM, or the pair does not match; names the file."""
 
 
 class RequestError(TiffinError):

@@ -31,6 +31,7 @@ from tiffin.redis_server import EmbeddedRedis, free_port
 from tiffin.registry import Registry
 from tiffin.replicas import LocalReplicas
 from tiffin.scaler_client import ScalerClient
+from tiffin.tls.edge import EdgeTLS, plan_edge_tls
 
 _SCALER_READY_S = 60.0
 
@@ -75,6 +76,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     # certificates) is for this user's eyes only.
     os.umask(0o077)
     state_dir: Path = args.state_dir.resolve()
+    # Before anything is made: certificate files of one's own that cannot be used stop the start here.
+    tls = await asyncio.to_thread(plan_edge_tls, args.tls_cert, args.tls_key, args.plain_http, state_dir, args.host)
     log_dir = state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     for folder in (state_dir, log_dir):
@@ -120,8 +123,9 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         if token_file is not None:
             admin_env["TIFFIN_ADMIN_TOKEN_FILE"] = str(token_file)
         await edge.start_stage([ProcessSpec("interceptor", "interceptor", stop_timeout_s=70, env={
-            **common, "TIFFIN_HOST": args.host, "TIFFIN_PORT": str(args.port), **admin_env})])  # fmt: skip
-        endpoint = f"http://{args.host}:{args.port}/v1"
+            **common, "TIFFIN_HOST": args.host, "TIFFIN_PORT": str(args.port), **admin_env, **tls.env})])  # fmt: skip
+        base = f"{tls.scheme}://{url_host(args.host)}:{args.port}"
+        endpoint = f"{base}/v1"
         admin = f"http://{url_host(args.admin_host)}:{args.admin_port}"
         if not await _wait_http(f"{admin}/readyz", stop):
             say(f"the interceptor did not become ready; see {log_dir}/interceptor.log")
@@ -130,6 +134,7 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         if token_file is not None:
             say(f"admin       on {args.admin_host}: every path but /healthz and /readyz needs "
                 f"'Authorization: Bearer' with the token in {token_file}")  # fmt: skip
+        _say_tls(tls, base, args.host, args.port)
         say(f"logs        {log_dir}/")
         autoscaler = Autoscaler(scaler, deployments, replicas, client, say)
         autoscaling = asyncio.create_task(autoscaler.run(scaling_stop), name="autoscaler")
@@ -143,10 +148,10 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             for dep in deployments:
                 prefix = "" if dep.routing.path_prefix == "/" else dep.routing.path_prefix
                 how = "warm" if dep in warm else "at zero: the first request wakes it and waits for the cold start"
-                say(f"ready: {dep.name} at http://{args.host}:{args.port}{prefix}/v1 (model '{dep.model_name}', {how})")
+                say(f"ready: {dep.name} at {base}{prefix}/v1 (model '{dep.model_name}', {how})")
             first = deployments[0]
             say(
-                f"try:   curl {endpoint}/chat/completions -H 'content-type: application/json' -d "
+                f"try:   curl {tls.curl_flag()}{endpoint}/chat/completions -H 'content-type: application/json' -d "
                 f"""'{{"model": "{first.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'"""
             )
             token_arg = f" --token-file {token_file}" if token_file is not None else ""
@@ -167,6 +172,16 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         if redis is not None:
             await asyncio.to_thread(redis.stop)
         say("stopped")
+
+
+def _say_tls(tls: EdgeTLS, base: str, host: str, port: int) -> None:
+    """How the endpoint is secured and how a client trusts it (or the warning that it is not)."""
+    for note in tls.notes:
+        say(note.replace("{url}", base))
+    named = [n for n in tls.names if "*" not in n]
+    if tls.names and url_host(host).strip("[]") not in tls.names and named:
+        example = f"https://{url_host(named[0])}:{port}/v1"
+        say(f"            clients connect by a name the certificate covers, e.g. {example}")
 
 
 async def _wait_http(url: str, stop: asyncio.Event, timeout_s: float = 60.0) -> bool:

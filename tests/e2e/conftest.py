@@ -65,8 +65,9 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self, **extra: str) -> dict[str, str]:
+        # Plain HTTP: these tests are about the request path; HTTPS is tested in test_https.py.
         return {"REDIS_URL": self.redis_url, "TIFFIN_CONFIG": self.config, "TIFFIN_HEARTBEAT_TTL_S": "2",
-                "TIFFIN_RECLAIM_INTERVAL_S": "0.5", **extra}  # fmt: skip
+                "TIFFIN_RECLAIM_INTERVAL_S": "0.5", "TIFFIN_PLAIN_HTTP": "1", **extra}  # fmt: skip
 
     def start_interceptor(self, name: str = "interceptor", **extra: str) -> Proc:
         """An interceptor on the stack's ports, awaited until ready (a successor takes a new `name`)."""

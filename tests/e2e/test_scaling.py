@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -64,7 +65,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
         assert running.proc.stop(timeout_s=180) == 0
 
 
-async def burst(url: str, n: int, delay_s: float) -> list[tuple[int, str, str, str | None]]:
+async def burst(url: str, n: int, delay_s: float, tls: ssl.SSLContext) -> list[tuple[int, str, str, str | None]]:
     """n concurrent chat requests; each answer's status, text, request id and cold-start header."""
 
     async def one(session: aiohttp.ClientSession, i: int) -> tuple[int, str, str, str | None]:
@@ -76,7 +77,7 @@ async def burst(url: str, n: int, delay_s: float) -> list[tuple[int, str, str, s
             return resp.status, text, resp.headers["X-Request-Id"], resp.headers.get("x-tiffin-cold-start-ms")
 
     timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, ssl=tls)) as session:
         return await asyncio.gather(*(one(session, i) for i in range(n)))
 
 
@@ -89,7 +90,7 @@ def test_burst_from_zero_scales_each_component_to_its_target_and_back_to_zero(up
     sampler = Sampler(up, tmp_path)
     sampler.start()
     try:
-        answers = asyncio.run(burst(up.url, 100, delay_s=1.0))
+        answers = asyncio.run(burst(up.url, 100, delay_s=1.0, tls=up.ssl_context()))
     finally:
         sampler.done.set()
         sampler.join()
@@ -175,7 +176,7 @@ def test_min_replicas_start_warm_and_a_crashed_replica_is_replaced(tmp_path: Pat
         body = {"model": "kept", "messages": [{"role": "user", "content": "still here"}]}
         request = urllib.request.Request(f"{up.url}/v1/chat/completions", data=json.dumps(body).encode(),
                                          headers={"content-type": "application/json"})  # fmt: skip
-        with urllib.request.urlopen(request, timeout=60) as resp:
+        with urllib.request.urlopen(request, timeout=60, context=up.ssl_context()) as resp:
             assert json.load(resp)["choices"][0]["message"]["content"] == "echo: still here"
         assert "kept-runner-1 exited with code -9; restarting" in up.proc.log()
         # Past its idle period it stays at min_replicas: still one of each.

@@ -20,10 +20,11 @@ def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
         out = up.proc.log()
-        assert f"interceptor http://127.0.0.1:{up.port}/v1" in out
+        assert f"interceptor https://127.0.0.1:{up.port}/v1" in out
         assert "redis       embedded" in out
-        client = openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-        reply = client.completions.create(model="echo", prompt="from the cli")
+        with openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30,
+                           http_client=openai.DefaultHttpxClient(verify=up.ssl_context())) as client:  # fmt: skip
+            reply = client.completions.create(model="echo", prompt="from the cli")
         assert reply.choices[0].text == "echo: from the cli"
     finally:
         code = up.proc.stop(timeout_s=90)
@@ -54,8 +55,9 @@ def test_up_uses_an_external_redis_when_redis_url_is_set(tmp_path: Path) -> None
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
         assert f"redis       external, {external.url}" in up.proc.log()
-        client = openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30)
-        assert client.completions.create(model="echo", prompt="elsewhere").choices[0].text == "echo: elsewhere"
+        with openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30,
+                           http_client=openai.DefaultHttpxClient(verify=up.ssl_context())) as client:  # fmt: skip
+            assert client.completions.create(model="echo", prompt="elsewhere").choices[0].text == "echo: elsewhere"
     finally:
         assert up.proc.stop(timeout_s=90) == 0
         external.stop()

@@ -41,23 +41,27 @@ def up(smollm2_cache: Path, folder: Path) -> Iterator[Up]:
 
 
 def client_of(up: Up) -> openai.OpenAI:
-    return openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    """An openai client that verifies tiffin's certificate against the local CA (close it after use)."""
+    return openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=600,
+                         http_client=openai.DefaultHttpxClient(verify=up.ssl_context()))  # fmt: skip
 
 
 def test_first_request_at_zero_wakes_smollm2_and_is_answered(up: Up, folder: Path) -> None:
     assert processes_of(folder, "smollm2") == 0  # nothing loaded until asked
-    raw = client_of(up).chat.completions.with_raw_response.create(
-        model="smollm2", messages=QUESTION, max_tokens=40, temperature=0
-    )
-    assert int(raw.headers["x-tiffin-cold-start-ms"]) > 0  # it waited for the engine, and says how long
-    assert "Paris" in (raw.parse().choices[0].message.content or "")
+    with client_of(up) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="smollm2", messages=QUESTION, max_tokens=40, temperature=0
+        )
+        assert int(raw.headers["x-tiffin-cold-start-ms"]) > 0  # it waited for the engine, and says how long
+        assert "Paris" in (raw.parse().choices[0].message.content or "")
 
 
 def test_smollm2_streams_through_the_whole_stack(up: Up) -> None:
-    stream = client_of(up).chat.completions.create(
-        model="smollm2", messages=QUESTION, max_tokens=40, temperature=0, stream=True
-    )
-    deltas = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    with client_of(up) as client:
+        stream = client.chat.completions.create(
+            model="smollm2", messages=QUESTION, max_tokens=40, temperature=0, stream=True
+        )
+        deltas = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len([d for d in deltas if d]) > 3  # token by token, not one buffered block
     assert "Paris" in "".join(deltas)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -13,17 +14,28 @@ from tiffin.redis_server import free_port
 class Up:
     """`tiffin up CONFIG` in the foreground, on free ports, with its own state folder."""
 
-    def __init__(self, configs: list[Path], state_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, configs: list[Path], state_dir: Path, env: dict[str, str] | None = None,
+                 args: list[str] | None = None, name: str = "tiffin-up") -> None:  # fmt: skip
         self.port, self.admin_port = free_port(), free_port()
         self.state_dir = state_dir
-        args = [sys.executable, "-m", "tiffin", "up", *map(str, configs), "--state-dir", str(state_dir),
-                "--port", str(self.port), "--admin-port", str(self.admin_port)]  # fmt: skip
+        argv = [sys.executable, "-m", "tiffin", "up", *map(str, configs), "--state-dir", str(state_dir),
+                "--port", str(self.port), "--admin-port", str(self.admin_port), *(args or [])]  # fmt: skip
         log_dir = state_dir.parent
-        self.proc = Proc("tiffin-up", args, env or {}, log_dir)
+        self.proc = Proc(name, argv, env or {}, log_dir)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The public base URL: HTTPS, with the certificate of the local CA in the state folder."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        """The local CA `tiffin up` made (or reused) in its state folder."""
+        return self.state_dir / "tls" / "ca.pem"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """A client context that trusts only the local CA, with verification on (as a careful client runs)."""
+        return ssl.create_default_context(cafile=self.ca)
 
     def wait_for_line(self, text: str, timeout_s: float) -> str:
         """Wait until `tiffin up` prints a line containing `text`; fail with its output if it exits."""

@@ -65,7 +65,7 @@ async def test_tiffin_status_sends_the_token_from_its_file(
 def _settings_error(env: dict[str, str]) -> str:
     """Start the interceptor's settings in a child (they exit the process) and return what it said."""
     code = "from interceptor.config import InterceptorSettings; InterceptorSettings.from_env(); print('ok')"
-    full = {**os.environ, "TIFFIN_CONFIG": "/nonexistent.yaml", **env}
+    full = {**os.environ, "TIFFIN_CONFIG": "/nonexistent.yaml", "TIFFIN_PLAIN_HTTP": "1", **env}
     done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=60)
     return done.stdout + done.stderr
 
@@ -88,6 +88,7 @@ def test_with_a_token_file_the_admin_listener_may_leave_loopback(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     monkeypatch.setenv("TIFFIN_CONFIG", "/nonexistent.yaml")
+    monkeypatch.setenv("TIFFIN_PLAIN_HTTP", "1")
     monkeypatch.setenv("TIFFIN_ADMIN_HOST", "0.0.0.0")
     monkeypatch.setenv("TIFFIN_ADMIN_TOKEN_FILE", str(token_file))
     assert InterceptorSettings.from_env().admin_token == TOKEN
@@ -103,4 +104,9 @@ def test_loopback_addresses(host: str, loopback: bool) -> None:
 
 
 def test_url_hosts() -> None:
-    assert [url_host(h) for h in ("0.0.0.0", "::", "::1", "10.0.0.5")] == ["127.0.0.1", "[::1]", "[::1]", "10.0.0.5"]
+    assert [url_host(h) for h in ("0.0.0.0", "::", "::1", "10.0.0.5")] == [
+        "127.0.0.1",
+        "127.0.0.1",
+        "[::1]",
+        "10.0.0.5",
+    ]
