@@ -4,12 +4,16 @@
     ├── ConfigError          a deployment file is wrong (names file, field, problem)
     ├── ModelError           a model cannot be found or converted
     ├── RedisServerError     the embedded Redis would not start
+    │   └── StateDirBusy     another process runs the Redis of that state folder
     └── RequestError         a request cannot be served; carries its HTTP status and OpenAI error type
         ├── BadRequest           400  malformed JSON or fields
+        ├── Unauthenticated      401  no API key, a malformed one, or one that is unknown or revoked
         ├── NotFound             404  no route or model
         ├── MethodNotAllowed     405
         ├── PayloadTooLarge      413
         ├── QueueFull            429  (Retry-After)
+        ├── KeyRateLimited       429  the API key sent more requests per second than its limit (Retry-After)
+        ├── KeyConcurrencyLimited 429 the API key has its limit of requests in progress (Retry-After)
         ├── UpstreamFailed       502  the replica failed before answering
         ├── UpstreamTimeout      504  the replica took the request but did not answer in time
         ├── ReplicaError         any  an error a replica reported in an error frame, relayed as is
@@ -43,6 +47,10 @@ class RedisServerError(TiffinError):
     """The embedded redis-server could not be started."""
 
 
+class StateDirBusy(RedisServerError):
+    """Another process keeps an embedded Redis on the same data folder; two must never share it."""
+
+
 class RequestError(TiffinError):
     """A request that gets an error answer instead of a reply."""
 
@@ -59,10 +67,32 @@ class RequestError(TiffinError):
         if code is not None:
             self.code = code
 
+    def response_headers(self) -> dict[str, str]:
+        """Headers this error's HTTP answer carries besides Retry-After (e.g. WWW-Authenticate)."""
+        return {}
+
 
 class BadRequest(RequestError):
     status = 400
     error_type = "invalid_request_error"
+
+
+class Unauthenticated(RequestError):
+    """401 as OpenAI answers it; `WWW-Authenticate` tells the client the scheme (RFC 6750)."""
+
+    status = 401
+    error_type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str, *, token_sent: bool = False) -> None:
+        super().__init__(message)
+        self.token_sent = token_sent
+
+    def response_headers(self) -> dict[str, str]:
+        # RFC 6750 3.1: no error code when the request carried no credentials at all.
+        if self.token_sent:
+            return {"WWW-Authenticate": 'Bearer realm="tiffin", error="invalid_token"'}
+        return {"WWW-Authenticate": 'Bearer realm="tiffin"'}
 
 
 class NotFound(RequestError):
@@ -86,6 +116,20 @@ class QueueFull(RequestError):
     status = 429
     error_type = "rate_limit_error"
     code = "queue_full"
+    retry_after = 1
+
+
+class KeyRateLimited(RequestError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retry_after = 1
+
+
+class KeyConcurrencyLimited(RequestError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "concurrency_limit_exceeded"
     retry_after = 1
 
 
