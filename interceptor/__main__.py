@@ -8,6 +8,7 @@ import signal
 from aiohttp import web
 
 from interceptor.app import admin_app, public_app
+from interceptor.auth import KeyGate
 from interceptor.config import InterceptorSettings
 from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
@@ -25,7 +26,9 @@ async def serve(settings: InterceptorSettings) -> None:
     deployments = load_deployments(settings.config_paths)
     redis = connect(settings.redis_url, max_connections=512)
     reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
-    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s)
+    gate = KeyGate(redis, settings.keys_poll_s, settings.key_slot_lease_s)
+    await gate.load()
+    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s, gate)
     await relay.ensure_queues()
     await reader.start()
 
@@ -40,6 +43,8 @@ async def serve(settings: InterceptorSettings) -> None:
         public=f"http://{settings.host}:{settings.port}",
         admin=f"http://{settings.admin_host}:{settings.admin_port}",
         deployments=[d.name for d in deployments],
+        open_deployments=[d.name for d in deployments if not d.auth.require_api_key],
+        api_keys=len(gate.keys),
         interceptor_id=settings.interceptor_id,
     )
 
@@ -50,6 +55,9 @@ async def serve(settings: InterceptorSettings) -> None:
     janitor = asyncio.create_task(
         sweep_forever(redis, deployments, reader.key, settings.orphan_sweep_s, stop), name="janitor"
     )
+    # Keys stay fresh and slots stay renewed until the drain is over: in-flight requests still hold them.
+    gate_stop = asyncio.Event()
+    keys_task = asyncio.create_task(gate.run(gate_stop), name="api-keys")
     await stop.wait()
     await janitor
 
@@ -61,6 +69,8 @@ async def serve(settings: InterceptorSettings) -> None:
     except TimeoutError:
         log.warning("drain_timeout", in_flight=relay.in_flight)
     await public.cleanup()
+    gate_stop.set()
+    await keys_task
     await reader.stop()
     await admin.cleanup()
     await redis.aclose()

@@ -36,6 +36,11 @@ class InterceptorSettings:
     interceptors then withdraw the requests it had queued."""
     orphan_sweep_s: float
     """TIFFIN_ORPHAN_SWEEP_S: how often to look for requests whose interceptor died (default 10)."""
+    keys_poll_s: float
+    """TIFFIN_KEYS_POLL_S: how often to check Redis for new or revoked API keys (default 0.25; one GET)."""
+    key_slot_lease_s: float
+    """TIFFIN_KEY_SLOT_LEASE_S: a key's concurrency slot lapses this long after its interceptor dies (default 30);
+    a live interceptor renews the slots it holds every third of it."""
 
     @classmethod
     def from_env(cls) -> InterceptorSettings:
@@ -55,4 +60,6 @@ class InterceptorSettings:
             reply_gap_grace_s=env_float("TIFFIN_REPLY_GAP_GRACE_S", 30.0),
             reply_ttl_s=env_positive("TIFFIN_REPLY_TTL_S", 60.0),
             orphan_sweep_s=env_positive("TIFFIN_ORPHAN_SWEEP_S", 10.0),
+            keys_poll_s=env_positive("TIFFIN_KEYS_POLL_S", 0.25),
+            key_slot_lease_s=env_positive("TIFFIN_KEY_SLOT_LEASE_S", 30.0),
         )
