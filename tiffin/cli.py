@@ -1,4 +1,5 @@
-"""The `tiffin` command: `up` runs everything locally in the foreground; `check` validates deployment files."""
+"""The `tiffin` command: `up` runs everything locally in the foreground; `check` validates deployment files;
+`keys` makes, lists and revokes API keys; `status` shows a running tiffin's deployments."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from tiffin import apikeys_cli
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError, ModelError, RedisServerError
 from tiffin.status_cli import show_status
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the JSON of GET /api/status")
     check = sub.add_parser("check", help="validate deployment files and exit")
     check.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
+    apikeys_cli.add_parser(sub)
     return parser
 
 
@@ -41,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "status":
         raise SystemExit(show_status(args.admin, as_json=args.json))
+    if args.command == "keys":
+        raise SystemExit(apikeys_cli.run(args))
     try:
         deployments = load_deployments(args.configs)
     except ConfigError as exc:
