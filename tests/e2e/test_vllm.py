@@ -41,7 +41,8 @@ def up(smollm2_cache: Path, folder: Path) -> Iterator[Up]:
 
 
 def client_of(up: Up) -> openai.OpenAI:
-    return openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+    # examples/smollm2.yaml requires a key (the default): the one `tiffin up` printed on its first run.
+    return openai.OpenAI(base_url=up.url + "/v1", api_key=up.api_key("smollm2"), max_retries=0, timeout=600)
 
 
 def test_first_request_at_zero_wakes_smollm2_and_is_answered(up: Up, folder: Path) -> None:
