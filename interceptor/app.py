@@ -45,7 +45,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
             if request.method != "GET":
                 raise MethodNotAllowed(f"{request.method} is not allowed on {path}; use GET")
             route = relay.router.match(request.host, path)
-            models = relay.gate.models(route, relay.gate.identify(request.headers.get("Authorization")))
+            models = relay.gate.models(route, relay.gate.identify(request.headers.get("Authorization")), path)
         except RequestError as exc:
             return error_response(exc)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiffin"} for m in models]

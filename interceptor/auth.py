@@ -144,14 +144,14 @@ class KeyGate:
             metrics.REJECTED.labels(wanted.name, "forbidden").inc()
             raise not_visible from None
 
-    def models(self, route: Route, caller: Caller) -> list[str]:
+    def models(self, route: Route, caller: Caller, path: str) -> list[str]:
         """`GET /v1/models`: what the caller may use; a key is needed unless every candidate is open."""
         if all(not _needs_key(d) for d in route.candidates):
             return route.models()
         if caller.key is None:
             metrics.REJECTED.labels("-", "unauthenticated").inc()
             raise _refusal(caller)
-        return self.visible(route, caller).models()
+        return self.visible(self.admit_route(route, caller, path), caller).models()
 
     async def acquire(self, deployment: Deployment, caller: Caller, request_id: str) -> Slot | None:
         """Apply the key's limits on `deployment` (429 over them); the slot goes back through `release`."""

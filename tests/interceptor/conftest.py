@@ -25,7 +25,7 @@ TIMEOUT_S = 10.0
 
 
 def deployment(name: str, auth: dict[str, Any] | None = None, **limits: Any) -> Deployment:
-    """A deployment with `limits`; open (no API key needed) unless `auth` says otherwise (tests/interceptor/test_auth)."""
+    """A deployment with `limits`; open (no API key needed) unless `auth` says otherwise (see test_auth)."""
     return Deployment.model_validate(
         {"name": name, "model": "smollm2", "limits": limits, "auth": auth or {"require_api_key": False}}
     )
