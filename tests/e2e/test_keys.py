@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -42,6 +43,13 @@ def eventually(what: str, check: object, timeout_s: float = 20.0) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, f"never: {what}"
         time.sleep(0.1)  # another process's state; no event to await
+
+
+def send_raw(port: int, data: bytes) -> bytes:
+    """Send bytes as they are and return the start of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        return sock.recv(1024)
 
 
 def files_holding(folder: Path, secret: str) -> list[Path]:
@@ -124,6 +132,11 @@ def test_tiffin_up_shows_a_first_key_once_and_honours_keys_made_and_revoked_whil
         assert keys_cli(state, "revoke", second_id).returncode == 0
         eventually("the revoked key is refused", lambda: not answers(up, second))
         assert answers(up, first)
+        # Broken requests quoting the key, which HTTP parsers like to repeat in their errors.
+        for raw in (f"Authorization: Bearer {first}\x01broken", f"Authorization: Bearer {first}{'x' * 9000}",
+                    f"Authorization : Bearer {first}", f"X-Other: {first}"):  # fmt: skip
+            send_raw(up.port, b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + raw.encode() +
+                     b"\r\nContent-Length: 2\r\n\r\n{}")  # fmt: skip
     finally:
         assert up.proc.stop(timeout_s=90) == 0
     first_output = up.proc.log()
