@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if args.command == "check":
         for dep in deployments:
-            say(f"{dep.name}: ok (model {dep.model}, served as '{dep.model_name}', prefix {dep.routing.path_prefix})")
+            access = "API key required" if dep.auth.require_api_key else "OPEN to anyone: auth.require_api_key is false"
+            say(f"{dep.name}: ok (model {dep.model}, served as '{dep.model_name}', prefix {dep.routing.path_prefix}, "
+                f"{access})")  # fmt: skip
         return
     try:
         raise SystemExit(asyncio.run(up(args, deployments)))
