@@ -22,7 +22,7 @@ from tiffin import keys
 from tiffin.apikeys import KeyInfo, KeyLimitsOverride, create_key, key_id_of, list_keys, revoke_key
 from tiffin.config import Deployment, load_deployments
 from tiffin.exceptions import ConfigError, RedisServerError
-from tiffin.redis_server import state_redis
+from tiffin.redis_server import redis_data_dir, state_redis
 
 
 def _note(message: str) -> None:
@@ -88,7 +88,13 @@ async def _run(args: argparse.Namespace) -> int:
             for line in exc.problems:
                 print(f"  {line}", file=sys.stderr)
             return 2
+    fresh = not os.environ.get("REDIS_URL") and not redis_data_dir(args.state_dir).exists()
+    if fresh and args.keys_command != "create":
+        _note(f"no tiffin state in {args.state_dir} (no Redis data there); pass the --state-dir of your `tiffin up`")
+        return 1
     async with state_redis(args.state_dir) as state:
+        if fresh:
+            _note(f"{args.state_dir} held no tiffin state yet; `tiffin up --state-dir {args.state_dir}` will use it")
         if args.keys_command == "create":
             return await _create(state.client, args, configured)
         if args.keys_command == "list":

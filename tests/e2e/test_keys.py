@@ -74,6 +74,7 @@ def test_keys_cli_without_tiffin_running_uses_the_state_folders_redis_and_leaves
     assert f"created API key {key_id} ('ci') for echo" in made.stderr
     assert "WARNING: no deployment named 'echo' has run with this state yet" in made.stderr
     assert "shown only now" in made.stderr
+    assert f"{state} held no tiffin state yet" in made.stderr
     assert not (state / "redis" / SERVER_FILE).exists()  # the Redis it started is stopped again
     assert subprocess.run(["pgrep", "-f", str(state)], capture_output=True).stdout == b""
 
@@ -91,6 +92,11 @@ def test_keys_cli_without_tiffin_running_uses_the_state_folders_redis_and_leaves
     again = keys_cli(state, "revoke", key_id)
     assert again.returncode == 1 and "no API key with id" in again.stderr
     assert "no API keys" in keys_cli(state, "list").stderr
+    # A mistyped state folder is not silently made for a listing or a revocation.
+    for args in (["list"], ["revoke", key_id]):
+        typo = keys_cli(tmp_path / "stat", *args)
+        assert typo.returncode == 1 and "no tiffin state in" in typo.stderr
+    assert not (tmp_path / "stat").exists()
 
 
 def test_keys_create_refuses_bad_names_and_checks_against_a_config(tmp_path: Path) -> None:
