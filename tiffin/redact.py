@@ -14,7 +14,8 @@ _PATTERNS = [
     (re.compile(r"tfn_([0-9a-f]{12})_[A-Za-z0-9_\-\\]*"), r"tfn_\1_[redacted]"),
     (re.compile(r"tfn_(?![0-9a-f]{12}_\[redacted\])[A-Za-z0-9_\-\\]+"), "tfn_[redacted]"),
     (re.compile(r"(?i)(authorization['\"]?\s*[:=,]\s*['\"]?)[^\r\n'\"]*"), r"\1[redacted]"),
-    (re.compile(r"(?i)\b(bearer|basic)(\s+|\\x[0-9a-f]{2}|\\t)[^\s'\"]*"), r"\1 [redacted]"),
+    (re.compile(r"(?i)\b(bearer)(\s+|\\x[0-9a-f]{2}|\\t)[^\s'\"]*"), r"\1 [redacted]"),
+    (re.compile(r"(?i)\b(basic)(\s+|\\t)[A-Za-z0-9+/=]{8,}"), r"\1 [redacted]"),
 ]
 
 

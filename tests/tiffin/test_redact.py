@@ -34,6 +34,7 @@ def test_credentials_are_redacted_wherever_they_appear(text: str) -> None:
 def test_the_public_key_id_stays_readable() -> None:
     assert redact(f"key {KEY} here") == "key tfn_0123456789ab_[redacted] here"
     assert redact("nothing secret here: 401 invalid_api_key") == "nothing secret here: 401 invalid_api_key"
+    assert redact("a basic setup") == "a basic setup"
 
 
 def test_stdlib_records_and_their_tracebacks_are_redacted() -> None:
