@@ -8,7 +8,7 @@
     └── RequestError         a request cannot be served; carries its HTTP status and OpenAI error type
         ├── BadRequest           400  malformed JSON or fields
         ├── Unauthenticated      401  no API key, a malformed one, or one that is unknown or revoked
-        ├── NotFound             404  no route or model
+        ├── NotFound             404  no route or model (or none this API key opens: the same answer)
         ├── MethodNotAllowed     405
         ├── PayloadTooLarge      413
         ├── QueueFull            429  (Retry-After)
