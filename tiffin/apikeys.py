@@ -278,11 +278,6 @@ async def list_keys(redis: Redis) -> list[KeyInfo]:
     return [KeyInfo(k, last.get(k.id)) for k in found]
 
 
-async def count_keys_for(redis: Redis, deployment: str) -> int:
-    """How many keys open `deployment`."""
-    return sum(1 for k in (await load_keys(redis)).by_id.values() if k.opens(deployment))
-
-
 async def ensure_first_keys(redis: Redis, deployments: Iterable[Deployment]) -> tuple[dict[str, str], dict[str, int]]:
     """For `tiffin up`: a new key for each deployment that requires keys and has none.
 
