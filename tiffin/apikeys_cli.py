@@ -55,8 +55,8 @@ def add_parser(sub: Any) -> None:
         help="requests in progress at once (default: the deployment's; 0: none)",
     )
     create.add_argument(
-        "--config", type=Path, nargs="+", default=None, metavar="CONFIG",
-        help="deployment files or folders to check the names against (refuses unknown names)",
+        "--config", type=Path, action="append", default=None, metavar="CONFIG",
+        help="a deployment file or folder to check the names against (refuses unknown names; repeatable)",
     )  # fmt: skip
     state_dir(create)
 
