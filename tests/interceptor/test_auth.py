@@ -17,6 +17,7 @@ from tests.interceptor.conftest import TIMEOUT_S, Edge, StandInProxy, eventually
 from tiffin import keys
 from tiffin.apikeys import KeyLimitsOverride, create_key, revoke_key
 from tiffin.config import Deployment
+from tiffin.frames import Frame
 from tiffin.redis_conn import connect
 from tiffin.redis_server import free_port
 
@@ -337,3 +338,29 @@ async def test_concurrent_requests_over_the_limit_get_429_and_slots_free_however
 
 async def _queued(redis: Redis, name: str) -> bool:
     return bool(await redis.xlen(keys.queue(name)))
+
+
+async def test_a_client_that_hangs_up_mid_stream_frees_its_slot(redis: Redis, session: aiohttp.ClientSession) -> None:
+    async with running_edge(redis, [dep("c", requests_per_second=None, concurrency=1)]) as edge:
+        key, token = await create_key(redis, ["c"])
+        await polled_twice(edge.relay.gate)
+        proxy = StandInProxy(redis, "c")
+        slots = keys.key_slots(key.id, "c")
+
+        posted = asyncio.create_task(session.post(edge.url + CHAT, json=chat("c"), headers=bearer(token)))
+        delivery = await proxy.take_one()
+        envelope = delivery.envelope
+        head = Frame.head(envelope.request_id, proxy.name, 200, {"content-type": "text/event-stream"})
+        await proxy.queue.start(envelope, head)
+        await proxy.queue.send(envelope.reply_to, Frame.chunk(envelope.request_id, proxy.name, b"data: {}\n\n"))
+        resp = await posted
+        assert await resp.content.readuntil(b"\n\n") == b"data: {}\n\n"
+        assert await redis.zcard(slots) == 1  # streaming: still held
+        resp.close()  # the client goes away mid-stream
+
+        async def released() -> bool:
+            return await redis.zcard(slots) == 0
+
+        await eventually(released)
+        await proxy.queue.finish(delivery.entry_id)
+        assert (await served(session, edge, proxy, CHAT, chat("c"), bearer(token)))[0] == 200
