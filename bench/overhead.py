@@ -41,8 +41,11 @@ def write_config(folder: Path) -> Path:
     upstream = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{port}",
                 "--served-model-name", "{served_model_name}"]  # fmt: skip
     # Kept warm (min 1 of each): this measures the request path, not cold starts (bench/activation.py).
+    # With an API key, as in production; its limits far above this load, so each request pays the full check
+    # (key lookup, the per-key limit script, the slot release) without being refused.
     config = {"name": "echo", "model": str(folder / "model"), "api": {"concurrency": 64, "min_replicas": 1},
-              "runner": {"command": upstream, "concurrency": 64, "min_replicas": 1}}  # fmt: skip
+              "runner": {"command": upstream, "concurrency": 64, "min_replicas": 1},
+              "auth": {"per_key": {"requests_per_second": 1e6, "burst": 1000000, "concurrency": 100000}}}  # fmt: skip
     path = folder / "echo.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -73,14 +76,17 @@ async def registered_runner(up_output: str) -> str:
         await redis.aclose()
 
 
-async def load(url: str, requests: int, concurrency: int, stream: bool, tls: ssl.SSLContext | None) -> list[float]:
+async def load(
+    url: str, requests: int, concurrency: int, stream: bool, tls: ssl.SSLContext | None, key: str = ""
+) -> list[float]:
     """Latencies (s) of `requests` chat completions sent `concurrency` at a time."""
     body = {"model": "echo", "stream": stream,
             "messages": [{"role": "user", "content": "the quick brown fox jumps over the lazy dog"}]}  # fmt: skip
     latencies: list[float] = []
     todo = iter(range(requests))
     connector = aiohttp.TCPConnector(limit=concurrency, ssl=tls if url.startswith("https:") else True)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def worker() -> None:
             for _ in todo:
@@ -115,18 +121,21 @@ async def main() -> None:
                 assert up.poll() is None and time.monotonic() < deadline, text
                 await asyncio.sleep(0.2)
             runner_url = await registered_runner(text)
+            found = re.search(r"echo: API key \(shown only now[^:]*: (tfn_\S+)", text)
+            assert found, text
+            key = found.group(1)
             scheme = "http" if args.plain_http else "https"
             targets = {"direct": runner_url, "tiffin": f"{scheme}://127.0.0.1:{port}"}
             tls = None if args.plain_http else ssl.create_default_context(cafile=folder / "state" / "tls" / "ca.pem")
             for stream in (False, True):
                 for url in targets.values():  # warm-up: connections, caches
-                    await load(url, 50, args.concurrency, stream, tls)
+                    await load(url, 50, args.concurrency, stream, tls, key)
                 results: dict[str, list[float]] = {name: [] for name in targets}
                 walls: dict[str, float] = dict.fromkeys(targets, 0.0)
                 for _ in range(args.rounds):
                     for name, url in targets.items():
                         started = time.perf_counter()
-                        results[name] += await load(url, args.requests, args.concurrency, stream, tls)
+                        results[name] += await load(url, args.requests, args.concurrency, stream, tls, key)
                         walls[name] += time.perf_counter() - started
                 kind = "streaming" if stream else "non-streaming"
                 print(f"\n{kind}: {args.rounds} x {args.requests} requests, concurrency {args.concurrency}")

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from interceptor import tls_metrics
 from interceptor.app import admin_app, public_app
+from interceptor.auth import KeyGate
 from interceptor.config import InterceptorSettings
 from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
@@ -31,7 +32,9 @@ async def serve(settings: InterceptorSettings) -> None:
     deployments = load_deployments(settings.config_paths)
     redis = connect(settings.redis_url, max_connections=512)
     reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
-    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s)
+    gate = KeyGate(redis, settings.keys_poll_s, settings.key_slot_lease_s)
+    await gate.load()
+    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s, gate)
     await relay.ensure_queues()
     await reader.start()
 
@@ -51,6 +54,8 @@ async def serve(settings: InterceptorSettings) -> None:
         tls_hosts=[p.hosts for p in certificates.pairs] if certificates else None,
         admin=f"http://{settings.admin_host}:{settings.admin_port}",
         deployments=[d.name for d in deployments],
+        open_deployments=[d.name for d in deployments if not d.auth.require_api_key],
+        api_keys=len(gate.keys),
         interceptor_id=settings.interceptor_id,
     )
     if certificates is None:
@@ -65,6 +70,9 @@ async def serve(settings: InterceptorSettings) -> None:
         sweep_forever(redis, deployments, reader.key, settings.orphan_sweep_s, stop), name="janitor"
     )
     renewals = asyncio.create_task(certificates.watch(settings.tls_reload_s, stop)) if certificates else None
+    # Keys stay fresh and slots stay renewed until the drain is over: in-flight requests still hold them.
+    gate_stop = asyncio.Event()
+    keys_task = asyncio.create_task(gate.run(gate_stop), name="api-keys")
     await stop.wait()
     await janitor
     if renewals is not None:
@@ -78,6 +86,8 @@ async def serve(settings: InterceptorSettings) -> None:
     except TimeoutError:
         log.warning("drain_timeout", in_flight=relay.in_flight)
     await public.cleanup()
+    gate_stop.set()
+    await keys_task
     await reader.stop()
     await admin.cleanup()
     await redis.aclose()

@@ -49,9 +49,10 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
             if request.method != "GET":
                 raise MethodNotAllowed(f"{request.method} is not allowed on {path}; use GET")
             route = relay.router.match(request.host, path)
+            models = relay.gate.models(route, relay.gate.identify(request.headers.get("Authorization")), path)
         except RequestError as exc:
             return error_response(exc)
-        data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiffin"} for m in route.models()]
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiffin"} for m in models]
         return web.json_response({"object": "list", "data": data})
     return error_response(NotFound(f"no endpoint at {path}", code="route_not_found"))
 

@@ -66,6 +66,12 @@ class InterceptorSettings:
     def scheme(self) -> str:
         return "http" if self.plain_http else "https"
 
+    keys_poll_s: float
+    """TIFFIN_KEYS_POLL_S: how often to check Redis for new or revoked API keys (default 0.25; one GET)."""
+    key_slot_lease_s: float
+    """TIFFIN_KEY_SLOT_LEASE_S: a key's concurrency slot lapses this long after its interceptor dies (default 30);
+    a live interceptor renews the slots it holds every third of it."""
+
     @classmethod
     def from_env(cls) -> InterceptorSettings:
         paths = env_paths("TIFFIN_CONFIG")
@@ -99,6 +105,8 @@ class InterceptorSettings:
             plain_http=plain_http,
             tls_reload_s=env_positive("TIFFIN_TLS_RELOAD_S", 10.0),
             tls_handshake_timeout_s=env_positive("TIFFIN_TLS_HANDSHAKE_TIMEOUT_S", 10.0),
+            keys_poll_s=env_positive("TIFFIN_KEYS_POLL_S", 0.25),
+            key_slot_lease_s=env_positive("TIFFIN_KEY_SLOT_LEASE_S", 30.0),
         )
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from interceptor import metrics
+from interceptor.auth import KeyGate
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
 from tiffin.config import Deployment
@@ -59,15 +60,21 @@ class Outcome:
     detail: str | None = None
     delivered: bool = False
     """The client has the whole answer (an SSE stream's `[DONE]` went out), even if it hangs up first."""
+    key_id: str | None = None
+    """The id of the valid API key the request carried (never the key)."""
 
 
 class Relay:
     """Serves the completion endpoints for every deployment of this interceptor."""
 
-    def __init__(self, redis: Redis, router: Router, reader: ReplyReader, reply_gap_grace_s: float) -> None:
+    def __init__(
+        self, redis: Redis, router: Router, reader: ReplyReader, reply_gap_grace_s: float, gate: KeyGate | None = None
+    ) -> None:
         self.redis = redis
         self.router = router
         self.reader = reader
+        # Without a gate that loads keys, deployments that require one refuse every request (fail closed).
+        self.gate = gate or KeyGate(redis)
         self.reply_gap_grace_s = reply_gap_grace_s
         self.queues = {d.name: DeploymentQueue(redis, d.name) for d in router.deployments}
         self.draining = False
@@ -101,12 +108,15 @@ class Relay:
         if self.draining:
             raise Draining("this interceptor is shutting down; retry")
         route = self.router.match(request.host, request.path)
+        caller = self.gate.identify(request.headers.get("Authorization"))
+        outcome.key_id = caller.key_id
+        route = self.gate.admit_route(route, caller, request.path)  # before reading a body it would refuse
         body = await _read_body(request, self._max_body)
         payload = _parse_json(body)
         model = payload.get("model")
         if model is not None and not isinstance(model, str):
             raise BadRequest("'model' must be a string")
-        deployment = route.resolve(model)
+        deployment = self.gate.resolve(route, model, caller)
         outcome.deployment = deployment.name
         if len(body) > deployment.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body exceeds {deployment.limits.max_body_bytes} bytes")
@@ -124,6 +134,7 @@ class Relay:
             wait_deadline_ms=enqueued + int(deployment.limits.wait_timeout_s * 1000),
             upstream_timeout_s=deployment.limits.upstream_timeout_s,
         )
+        slot = await self.gate.acquire(deployment, caller, outcome.request_id)  # 429 over the key's limits
         metrics.IN_PROGRESS.labels(deployment.name).inc()
         inbox = self.reader.subscribe(outcome.request_id)
         entry_id: bytes | None = None
@@ -156,6 +167,7 @@ class Relay:
         finally:
             self.reader.unsubscribe(outcome.request_id)
             metrics.IN_PROGRESS.labels(deployment.name).dec()
+            await asyncio.shield(self.gate.release(slot))  # however the request ended
             if wake_open:
                 # It ended without a head (wait deadline, client gone, error frame): let the next cold
                 # request start and time the next cold start.
@@ -281,6 +293,7 @@ class Relay:
             "request",
             deployment=outcome.deployment,
             request_id=outcome.request_id,
+            key_id=outcome.key_id,
             status=outcome.status,
             queue_wait_ms=outcome.queue_ms,
             cold_start_ms=outcome.cold_start_ms,

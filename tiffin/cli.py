@@ -1,4 +1,5 @@
-"""The `tiffin` command: `up` runs everything locally in the foreground; `check` validates deployment files."""
+"""The `tiffin` command: `up` runs everything locally in the foreground; `check` validates deployment files;
+`keys` makes, lists and revokes API keys; `status` shows a running tiffin's deployments."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+from tiffin import apikeys_cli
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError, ModelError, RedisServerError, TLSError
 from tiffin.status_cli import show_status
@@ -47,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                              "(default TIFFIN_ADMIN_TOKEN_FILE)")  # fmt: skip
     check = sub.add_parser("check", help="validate deployment files and exit")
     check.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
+    apikeys_cli.add_parser(sub)
     return parser
 
 
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "status":
         raise SystemExit(show_status(args.admin, as_json=args.json, token_file=args.token_file))
+    if args.command == "keys":
+        raise SystemExit(apikeys_cli.run(args))
     try:
         deployments = load_deployments(args.configs)
     except ConfigError as exc:
@@ -63,7 +68,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2) from None
     if args.command == "check":
         for dep in deployments:
-            say(f"{dep.name}: ok (model {dep.model}, served as '{dep.model_name}', prefix {dep.routing.path_prefix})")
+            access = "API key required" if dep.auth.require_api_key else "OPEN to anyone: auth.require_api_key is false"
+            say(f"{dep.name}: ok (model {dep.model}, served as '{dep.model_name}', prefix {dep.routing.path_prefix}, "
+                f"{access})")  # fmt: skip
         return
     try:
         raise SystemExit(asyncio.run(up(args, deployments)))

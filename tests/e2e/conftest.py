@@ -25,8 +25,11 @@ UPSTREAM = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{por
             "--served-model-name", "{served_model_name}"]  # fmt: skip
 
 
-def write_deployment(folder: Path, name: str, **overrides: Any) -> Path:
-    """A deployment YAML whose runner is the test upstream; `overrides` merge into the top level."""
+def write_deployment(folder: Path, name: str, *, require_api_key: bool = False, **overrides: Any) -> Path:
+    """A deployment YAML whose runner is the test upstream; `overrides` merge into the top level.
+
+    Open (no API key) unless `require_api_key`: tests about something else need not carry keys.
+    """
     model_dir = folder / "model"
     model_dir.mkdir(exist_ok=True)
     (model_dir / "config.json").write_text("{}")
@@ -36,6 +39,7 @@ def write_deployment(folder: Path, name: str, **overrides: Any) -> Path:
         "runner": {"command": UPSTREAM, "concurrency": 4},
         "api": {"concurrency": 4},
         "limits": {"wait_timeout_s": 30, "upstream_timeout_s": 30},
+        "auth": {"require_api_key": require_api_key},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(data.get(key), dict):

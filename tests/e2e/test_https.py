@@ -63,7 +63,10 @@ def test_up_serves_https_with_its_local_ca_and_clients_verify_it_as_printed(tmp_
         assert match and Path(match.group(1)) == up.ca
 
         # curl, exactly as printed.
-        curl = subprocess.run(shlex.split(printed(up, "/v1/models")), capture_output=True, text=True, timeout=60)
+        # As a shell runs it (the key comes from the environment; this deployment is open, so any value does).
+        env = {**os.environ, "TIFFIN_API_KEY": "any"}
+        curl = subprocess.run(["bash", "-c", printed(up, "/v1/models")], capture_output=True, text=True, timeout=60,
+                              env=env)  # fmt: skip
         assert curl.returncode == 0, curl.stderr
         assert [m["id"] for m in json.loads(curl.stdout)["data"]] == ["echo"]
 
@@ -113,7 +116,7 @@ def test_up_with_plain_http_warns_and_serves_http(tmp_path: Path) -> None:
     up = Up([write_deployment(tmp_path, "echo")], tmp_path / "state", args=["--plain-http"])
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
-        warning = printed(up, "WARNING")
+        warning = printed(up, "WARNING     plain HTTP")
         assert "plain HTTP" in warning and "unencrypted" in warning and "TLS-terminating proxy" in warning
         assert f"interceptor http://127.0.0.1:{up.port}/v1" in up.proc.log()
         with urllib.request.urlopen(f"http://127.0.0.1:{up.port}/v1/models", timeout=30) as resp:

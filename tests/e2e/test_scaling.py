@@ -56,7 +56,10 @@ class Sampler(threading.Thread):
 
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
-    configs = [write_deployment(tmp_path, "burst", **SCALED), write_deployment(tmp_path, "bystander", **SCALED)]
+    # One key sends the whole burst: its per-key limits are lifted, as an operator would for a batch client.
+    unlimited = {"require_api_key": True, "per_key": {"requests_per_second": None, "concurrency": None}}
+    configs = [write_deployment(tmp_path, "burst", **SCALED, auth=unlimited),
+               write_deployment(tmp_path, "bystander", **SCALED, auth=unlimited)]  # fmt: skip
     running = Up(configs, tmp_path / "state")
     try:
         running.wait_for_line("ready: bystander", timeout_s=120)
@@ -65,7 +68,9 @@ def up(tmp_path: Path) -> Iterator[Up]:
         assert running.proc.stop(timeout_s=180) == 0
 
 
-async def burst(url: str, n: int, delay_s: float, tls: ssl.SSLContext) -> list[tuple[int, str, str, str | None]]:
+async def burst(
+    url: str, key: str, n: int, delay_s: float, tls: ssl.SSLContext
+) -> list[tuple[int, str, str, str | None]]:
     """n concurrent chat requests; each answer's status, text, request id and cold-start header."""
 
     async def one(session: aiohttp.ClientSession, i: int) -> tuple[int, str, str, str | None]:
@@ -77,7 +82,8 @@ async def burst(url: str, n: int, delay_s: float, tls: ssl.SSLContext) -> list[t
             return resp.status, text, resp.headers["X-Request-Id"], resp.headers.get("x-tiffin-cold-start-ms")
 
     timeout = aiohttp.ClientTimeout(total=300)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, ssl=tls)) as session:
+    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0, ssl=tls),
+                                     headers={"Authorization": f"Bearer {key}"}) as session:  # fmt: skip
         return await asyncio.gather(*(one(session, i) for i in range(n)))
 
 
@@ -90,7 +96,7 @@ def test_burst_from_zero_scales_each_component_to_its_target_and_back_to_zero(up
     sampler = Sampler(up, tmp_path)
     sampler.start()
     try:
-        answers = asyncio.run(burst(up.url, 100, delay_s=1.0, tls=up.ssl_context()))
+        answers = asyncio.run(burst(up.url, up.api_key("burst"), 100, delay_s=1.0, tls=up.ssl_context()))
     finally:
         sampler.done.set()
         sampler.join()
@@ -163,7 +169,7 @@ def runner_pids(config_dir: Path, deployment: str) -> list[int]:
 
 def test_min_replicas_start_warm_and_a_crashed_replica_is_replaced(tmp_path: Path) -> None:
     kept = {"api": {"min_replicas": 1}, "runner": {"min_replicas": 1}, "scaling": {"idle_period_s": 1}}
-    up = Up([write_deployment(tmp_path, "kept", **kept)], tmp_path / "state")
+    up = Up([write_deployment(tmp_path, "kept", require_api_key=True, **kept)], tmp_path / "state")
     try:
         up.wait_for_line("ready: kept", timeout_s=120)
         assert "(model 'kept', warm)" in up.proc.log()
@@ -175,7 +181,8 @@ def test_min_replicas_start_warm_and_a_crashed_replica_is_replaced(tmp_path: Pat
         wait_until("kept warm again", lambda: status(up)["kept"]["state"] == "warm", timeout_s=60)
         body = {"model": "kept", "messages": [{"role": "user", "content": "still here"}]}
         request = urllib.request.Request(f"{up.url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"content-type": "application/json"})  # fmt: skip
+                                         headers={"content-type": "application/json",
+                                                  "Authorization": f"Bearer {up.api_key('kept')}"})  # fmt: skip
         with urllib.request.urlopen(request, timeout=60, context=up.ssl_context()) as resp:
             assert json.load(resp)["choices"][0]["message"]["content"] == "echo: still here"
         assert "kept-runner-1 exited with code -9; restarting" in up.proc.log()

@@ -15,14 +15,14 @@ from tiffin.redis_server import EmbeddedRedis
 
 
 def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
-    config = write_deployment(tmp_path, "echo")
+    config = write_deployment(tmp_path, "echo", require_api_key=True)
     up = Up([config], tmp_path / "state")
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
         out = up.proc.log()
         assert f"interceptor https://127.0.0.1:{up.port}/v1" in out
         assert "redis       embedded" in out
-        with openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30,
+        with openai.OpenAI(base_url=up.url + "/v1", api_key=up.api_key("echo"), max_retries=0, timeout=30,
                            http_client=openai.DefaultHttpxClient(verify=up.ssl_context())) as client:  # fmt: skip
             reply = client.completions.create(model="echo", prompt="from the cli")
         assert reply.choices[0].text == "echo: from the cli"
@@ -51,11 +51,12 @@ def test_up_with_a_bad_file_names_the_problem_and_starts_nothing(tmp_path: Path)
 def test_up_uses_an_external_redis_when_redis_url_is_set(tmp_path: Path) -> None:
     external = EmbeddedRedis(tmp_path / "external-redis")
     external.start()
-    up = Up([write_deployment(tmp_path, "echo")], tmp_path / "state", env={"REDIS_URL": external.url})
+    config = write_deployment(tmp_path, "echo", require_api_key=True)
+    up = Up([config], tmp_path / "state", env={"REDIS_URL": external.url})
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
         assert f"redis       external, {external.url}" in up.proc.log()
-        with openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=30,
+        with openai.OpenAI(base_url=up.url + "/v1", api_key=up.api_key("echo"), max_retries=0, timeout=30,
                            http_client=openai.DefaultHttpxClient(verify=up.ssl_context())) as client:  # fmt: skip
             assert client.completions.create(model="echo", prompt="elsewhere").choices[0].text == "echo: elsewhere"
     finally:

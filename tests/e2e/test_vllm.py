@@ -41,8 +41,10 @@ def up(smollm2_cache: Path, folder: Path) -> Iterator[Up]:
 
 
 def client_of(up: Up) -> openai.OpenAI:
-    """An openai client that verifies tiffin's certificate against the local CA (close it after use)."""
-    return openai.OpenAI(base_url=up.url + "/v1", api_key="unused", max_retries=0, timeout=600,
+    """An openai client that verifies tiffin's certificate against the local CA (close it after use).
+
+    examples/smollm2.yaml requires a key (the default): the one `tiffin up` printed on its first run."""
+    return openai.OpenAI(base_url=up.url + "/v1", api_key=up.api_key("smollm2"), max_retries=0, timeout=600,
                          http_client=openai.DefaultHttpxClient(verify=up.ssl_context()))  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import sys
 import time
@@ -36,6 +37,13 @@ class Up:
     def ssl_context(self) -> ssl.SSLContext:
         """A client context that trusts only the local CA, with verification on (as a careful client runs)."""
         return ssl.create_default_context(cafile=self.ca)
+
+    def api_key(self, deployment: str, timeout_s: float = 120) -> str:
+        """The key `tiffin up` printed for `deployment` on its first run (it never prints one again)."""
+        line = self.wait_for_line(f"{deployment}: API key (shown only now", timeout_s)
+        found = re.search(r"(tfn_[0-9a-f]{12}_[A-Za-z0-9_-]{43})", line)
+        assert found, line
+        return found.group(1)
 
     def wait_for_line(self, text: str, timeout_s: float) -> str:
         """Wait until `tiffin up` prints a line containing `text`; fail with its output if it exits."""

@@ -12,6 +12,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from interceptor.app import admin_app, public_app
+from interceptor.auth import KeyGate
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
@@ -23,8 +24,11 @@ from tiffin.redis_server import free_port
 TIMEOUT_S = 10.0
 
 
-def deployment(name: str, **limits: Any) -> Deployment:
-    return Deployment.model_validate({"name": name, "model": "smollm2", "limits": limits})
+def deployment(name: str, auth: dict[str, Any] | None = None, **limits: Any) -> Deployment:
+    """A deployment with `limits`; open (no API key needed) unless `auth` says otherwise (see test_auth)."""
+    return Deployment.model_validate(
+        {"name": name, "model": "smollm2", "limits": limits, "auth": auth or {"require_api_key": False}}
+    )
 
 
 @asynccontextmanager
@@ -50,15 +54,28 @@ class Edge:
 
 
 @asynccontextmanager
-async def running_edge(redis: Redis, deployments: list[Deployment]) -> AsyncIterator[Edge]:
-    reader = ReplyReader(redis, "edge-test")
-    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0)
+async def running_edge(
+    redis: Redis,
+    deployments: list[Deployment],
+    interceptor_id: str = "edge-test",
+    poll_s: float = 0.25,
+    slot_lease_s: float = 30.0,
+) -> AsyncIterator[Edge]:
+    """An interceptor as `python -m interceptor` wires it: keys loaded and polled, slots renewed."""
+    reader = ReplyReader(redis, interceptor_id)
+    gate = KeyGate(redis, poll_s=poll_s, slot_lease_s=slot_lease_s)
+    await gate.load()
+    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0, gate=gate)
     await relay.ensure_queues()
     await reader.start()
+    stop = asyncio.Event()
+    keys_task = asyncio.create_task(gate.run(stop))
     try:
         async with serving(public_app(relay)) as url, serving(admin_app(relay, redis)) as admin:
             yield Edge(url, admin, relay)
     finally:
+        stop.set()
+        await keys_task
         await reader.stop()
 
 

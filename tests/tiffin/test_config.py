@@ -63,6 +63,10 @@ def test_minimal_file_loads_with_every_default_filled(tmp_path: Path) -> None:
     assert (dep.runner.min_replicas, dep.runner.max_replicas, dep.runner.scale_target) == (0, 1, 8)
     assert dep.scaling.idle_period_s == 300
     assert dep.scaling.scale_down_window_s == 60
+    # Closed by default: API keys required, each key limited on each deployment.
+    assert dep.auth.require_api_key is True
+    per_key = dep.auth.per_key
+    assert (per_key.requests_per_second, per_key.burst, per_key.concurrency) == (10, 20, 16)
 
 
 def test_full_file_keeps_given_values_and_normalises_hosts_and_prefix(tmp_path: Path) -> None:
@@ -306,6 +310,44 @@ def test_bad_field_is_reported_with_file_field_and_problem(
     tmp_path: Path, yaml_text: str, field: str, problem: str
 ) -> None:
     path = write(tmp_path, "dep.yaml", yaml_text)
+
+    line = only_problem([path])
+
+    assert line.startswith(f"{path}: {field}: "), line
+    assert problem in line
+
+
+def test_auth_opens_a_deployment_only_explicitly_and_lifts_limits_with_null(tmp_path: Path) -> None:
+    path = write(tmp_path, "dep.yaml", """\
+        name: x
+        model: smollm2
+        auth:
+          require_api_key: false
+          per_key: {requests_per_second: null, burst: 5, concurrency: null}
+        """)  # fmt: skip
+
+    [dep] = load_deployments([path])
+
+    assert dep.auth.require_api_key is False
+    assert (dep.auth.per_key.requests_per_second, dep.auth.per_key.burst, dep.auth.per_key.concurrency) == (
+        None,
+        5,
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("auth", "field", "problem"),
+    [
+        ("{require_api_key: maybe}", "auth.require_api_key", "valid boolean"),
+        ("{per_key: {burst: 0}}", "auth.per_key.burst", "greater than or equal to 1"),
+        ("{per_key: {requests_per_second: -1}}", "auth.per_key.requests_per_second", "greater than 0"),
+        ("{per_key: {concurrency: 0}}", "auth.per_key.concurrency", "greater than or equal to 1"),
+        ("{api_keys: [abc]}", "auth.api_keys", "unknown field"),
+    ],
+)
+def test_bad_auth_settings_name_the_field(tmp_path: Path, auth: str, field: str, problem: str) -> None:
+    path = write(tmp_path, "dep.yaml", f"name: x\nmodel: smollm2\nauth: {auth}\n")
 
     line = only_problem([path])
 

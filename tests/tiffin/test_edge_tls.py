@@ -33,7 +33,7 @@ def test_without_certificates_the_local_ca_is_used_and_explained(tmp_path: Path)
     assert plan.env == {"TIFFIN_TLS_CERT_FILES": str(tls / "server.pem"),
                         "TIFFIN_TLS_KEY_FILES": str(tls / "server-key.pem"), "TIFFIN_PLAIN_HTTP": "0"}  # fmt: skip
     text = "\n".join(plan.notes)
-    assert f"curl --cacert {tls / 'ca.pem'} {{url}}/v1/models" in text
+    assert f'curl --cacert {tls / "ca.pem"} -H "Authorization: Bearer $TIFFIN_API_KEY" {{url}}/v1/models' in text
     assert f"SSL_CERT_FILE={tls / 'ca.pem'} python your_client.py" in text
     assert f'DefaultHttpxClient(verify=ssl.create_default_context(cafile="{tls / "ca.pem"}"))' in text
     assert plan.curl_flag() == f"--cacert {tls / 'ca.pem'} "

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from tiffin.frames import Envelope, Fields, Frame, FrameKind
+from tiffin.frames import FORWARDED_HEADERS, Envelope, Fields, Frame, FrameKind
 
 text = st.text(max_size=40)
 headers = st.dictionaries(text, text, max_size=6)
@@ -146,3 +146,7 @@ async def test_binary_body_survives_redis_unchanged(redis: Redis) -> None:
 
     assert fields[b"body"] == body
     assert Envelope.from_fields(fields).body == body
+
+
+def test_the_authorization_header_never_travels_to_replicas() -> None:
+    assert "authorization" not in {h.lower() for h in FORWARDED_HEADERS}

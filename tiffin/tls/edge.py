@@ -79,7 +79,7 @@ def plan_edge_tls(cert_files: list[Path], key_files: list[Path], plain_http: boo
     if local.issued not in (None, "first run"):
         notes.append(f"{_INDENT}server certificate re-issued by the same CA: {local.issued}")
     notes += [
-        f"{_INDENT}curl --cacert {shlex.quote(ca)} {{url}}/v1/models",
+        f"{_INDENT}curl --cacert {shlex.quote(ca)} -H \"Authorization: Bearer $TIFFIN_API_KEY\" {{url}}/v1/models",
         f"{_INDENT}SSL_CERT_FILE={shlex.quote(ca)} python your_client.py   "
         "(openai and httpx then trust this CA instead of their default bundle, in that whole process)",
         f"{_INDENT}OpenAI(..., http_client=DefaultHttpxClient(verify={_python_context(ca)}))"
