@@ -8,6 +8,9 @@ import re
 from collections.abc import MutableMapping
 from typing import Any
 
+# A password in a URL's user part (redis://:PASSWORD@host, redis://user:PASSWORD@host).
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+@")
+
 # A tiffin key keeps its public id (useful when reading logs); its secret goes. Anything else shaped like a
 # key prefix, a Bearer credential or an Authorization header value goes entirely.
 _PATTERNS = [
@@ -16,7 +19,13 @@ _PATTERNS = [
     (re.compile(r"(?i)(authorization['\"]?\s*[:=,]\s*['\"]?)[^\r\n'\"]*"), r"\1[redacted]"),
     (re.compile(r"(?i)\b(bearer)(\s+|\\x[0-9a-f]{2}|\\t)[^\s'\"]*"), r"\1 [redacted]"),
     (re.compile(r"(?i)\b(basic)(\s+|\\t)[A-Za-z0-9+/=]{8,}"), r"\1 [redacted]"),
+    (_URL_PASSWORD, r"\1[redacted]@"),
 ]
+
+
+def safe_url(url: str) -> str:
+    """`url` as it may be shown or logged: its password (if any) replaced."""
+    return _URL_PASSWORD.sub(r"\1[redacted]@", url)
 
 
 def redact(text: str) -> str:

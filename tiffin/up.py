@@ -28,6 +28,7 @@ from tiffin.local import ProcessSpec, Supervisor
 from tiffin.logfiles import LogPolicy
 from tiffin.models import default_cache_dir, resolve_model
 from tiffin.probe import wait_until_ok
+from tiffin.redact import safe_url
 from tiffin.redis_conn import connect
 from tiffin.redis_server import EmbeddedRedis, free_port, redis_data_dir
 from tiffin.registry import Registry
@@ -95,12 +96,12 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     redis: EmbeddedRedis | None = None
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
-        say(f"redis       external, {redis_url}")
+        say(f"redis       external, {safe_url(redis_url)}")
     else:
         redis = EmbeddedRedis(redis_data_dir(state_dir))
         await asyncio.to_thread(redis.start)
         redis_url = redis.url
-        say(f"redis       embedded, {redis_url} (data: {redis.data_dir})")
+        say(f"redis       embedded, {redis.shown_url} (data and password: {redis.data_dir}, owner-only)")
 
     config_env = os.pathsep.join(str(p.resolve()) for p in args.configs)
     common = {"TIFFIN_CONFIG": config_env, "REDIS_URL": redis_url, "TIFFIN_CACHE_DIR": str(cache_dir)}

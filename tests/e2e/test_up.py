@@ -11,7 +11,8 @@ import openai
 from tests.e2e.conftest import write_deployment
 from tests.e2e.up import Up
 from tests.procs import ROOT
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.redact import safe_url
+from tiffin.redis_server import EmbeddedRedis, password_of
 
 
 def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
@@ -33,6 +34,15 @@ def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     # Nothing outlives `tiffin up`: no component process still names this config.
     left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout.split()
     assert left == []
+    # What tiffin keeps (logs, Redis's data with prompts and answers, its password, keys, the CA) is owner-only,
+    # and the Redis password is in no log and nothing printed.
+    state = tmp_path / "state"
+    password = password_of(state / "redis")
+    for path in [state, *state.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others: {oct(path.stat().st_mode)}"
+        if path.is_file() and path.name not in ("password", "redis.conf"):
+            assert password.encode() not in path.read_bytes(), path
+    assert password not in up.proc.log()
     assert (tmp_path / "state" / "redis" / "appendonly.aof").exists()
     assert {p.name for p in (tmp_path / "state" / "logs").iterdir()} >= {"interceptor.log", "echo-runner-1.log"}
 
@@ -55,7 +65,8 @@ def test_up_uses_an_external_redis_when_redis_url_is_set(tmp_path: Path) -> None
     up = Up([config], tmp_path / "state", env={"REDIS_URL": external.url})
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
-        assert f"redis       external, {external.url}" in up.proc.log()
+        assert f"redis       external, {safe_url(external.url)}" in up.proc.log()
+        assert external.password not in up.proc.log()
         with openai.OpenAI(base_url=up.url + "/v1", api_key=up.api_key("echo"), max_retries=0, timeout=30,
                            http_client=openai.DefaultHttpxClient(verify=up.ssl_context())) as client:  # fmt: skip
             assert client.completions.create(model="echo", prompt="elsewhere").choices[0].text == "echo: elsewhere"
