@@ -54,6 +54,11 @@ class Sampler(threading.Thread):
             self._max("bystander.processes", processes_of(self.folder, "bystander"))
 
 
+def scaled_to(out: str, who: str) -> list[int]:
+    """Every replica count `tiffin up` printed it scaled `who` ('burst api') to."""
+    return [int(n) for n in re.findall(rf"{who}: \d+ -> (\d+) replicas", out)]
+
+
 @pytest.fixture
 def up(tmp_path: Path) -> Iterator[Up]:
     # One key sends the whole burst: its per-key limits are lifted, as an operator would for a batch client.
@@ -107,15 +112,17 @@ def test_burst_from_zero_scales_each_component_to_its_target_and_back_to_zero(up
     assert len({a[2] for a in answers}) == 100
     assert all(a[3] is not None and int(a[3]) > 0 for a in answers)  # all arrived at zero: each waited, and says so
     # API servers by queue depth (100 / 4 per replica, capped at 3); runners by their own load: 3 API servers
-    # x 4 requests waiting or running at runners = 12, / 4 per runner, capped at 2.
-    assert sampler.peak["burst.api.desired"] == 3
-    assert sampler.peak["burst.runner.desired"] == 2
-    assert sampler.peak["burst.api.ready"] == 3
-    assert sampler.peak["burst.runner.ready"] == 2
+    # x 4 requests waiting or running at runners = 12, / 4 per runner, capped at 2. Counts wanted, as the
+    # autoscaler decided them (its printed decisions): how many were ready at one moment depends on how fast
+    # replicas start on a busy machine, so it is not asserted.
+    out = up.proc.log()
+    assert max(scaled_to(out, "burst api")) == 3
+    assert max(scaled_to(out, "burst runner")) == 2
     # The other deployment was never woken.
     assert sampler.peak["bystander.api.desired"] == 0
     assert sampler.peak["bystander.runner.desired"] == 0
     assert sampler.peak["bystander.processes"] == 0
+    assert "bystander api:" not in out and "bystander runner:" not in out  # no scaling decision for it at all
 
     # Back to zero after the idle period: no process of the deployment is left.
     wait_until("burst back at zero processes", lambda: processes_of(tmp_path, "burst") == 0, timeout_s=120)
@@ -124,8 +131,9 @@ def test_burst_from_zero_scales_each_component_to_its_target_and_back_to_zero(up
     assert (final["api"]["desired"], final["runner"]["desired"]) == (0, 0)
     assert final["last_cold_start_s"] is not None and final["last_cold_start_s"] > 0
     out = up.proc.log()
-    assert "burst api: 0 -> 1 replicas (activation" in out
-    assert "burst runner: 0 -> 1 replicas (activation" in out
+    # Woken by activation (to 1, or straight to more when the whole burst already waits by then).
+    assert re.search(r"burst api: 0 -> [123] replicas \(activation", out)
+    assert re.search(r"burst runner: 0 -> [12] replicas \(activation", out)
     assert re.search(r"burst runner: ready after \d+s \(cold start\)", out)
     assert re.search(r"burst api: \d -> 0 replicas \(idle", out)
     assert re.search(r"burst runner: \d -> 0 replicas \(idle", out)
