@@ -34,12 +34,15 @@ def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:
     # Nothing outlives `tiffin up`: no component process still names this config.
     left = subprocess.run(["pgrep", "-f", str(config)], capture_output=True, text=True).stdout.split()
     assert left == []
-    # What tiffin keeps (logs, Redis's data with prompts and answers, its password, keys, the CA) is owner-only,
-    # and the Redis password is in no log and nothing printed.
+    # What tiffin keeps (logs, Redis's data with prompts and answers, its password, private keys) is owner-only
+    # (certificates are public, but sit in the owner-only state folder too), and the Redis password is in no log
+    # and nothing printed.
     state = tmp_path / "state"
     password = password_of(state / "redis")
-    for path in [state, *state.rglob("*")]:
-        assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others: {oct(path.stat().st_mode)}"
+    assert state.stat().st_mode & 0o777 == 0o700
+    for path in state.rglob("*"):
+        if path.name not in ("ca.pem", "server.pem", "server.lock"):
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others: {oct(path.stat().st_mode)}"
         if path.is_file() and path.name not in ("password", "redis.conf"):
             assert password.encode() not in path.read_bytes(), path
     assert password not in up.proc.log()

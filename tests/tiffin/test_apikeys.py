@@ -98,10 +98,12 @@ async def test_list_shows_ids_labels_and_last_use_never_a_secret(redis: Redis) -
 
     listed = await list_keys(redis)
 
-    assert [i.key.id for i in listed] == [older.id, newer.id]
-    assert listed[0].last_used_ms is None and listed[1].last_used_ms is not None
-    assert listed[1].key.deployments == {"a", "b"} and listed[1].key.limits.concurrency == 2
-    assert "digest" not in repr(listed[1].key)  # not even the hash shows in a repr
+    # Oldest first; two keys made in the same millisecond are ordered by id.
+    assert [i.key.id for i in listed] == [k.id for k in sorted([older, newer], key=lambda k: (k.created_ms, k.id))]
+    by_id = {i.key.id: i for i in listed}
+    assert by_id[older.id].last_used_ms is None and by_id[newer.id].last_used_ms is not None
+    assert by_id[newer.id].key.deployments == {"a", "b"} and by_id[newer.id].key.limits.concurrency == 2
+    assert "digest" not in repr(by_id[newer.id].key)  # not even the hash shows in a repr
 
 
 @pytest.mark.parametrize(
