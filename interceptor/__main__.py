@@ -13,6 +13,7 @@ from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
+from interceptor.server import start_public
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError
 from tiffin.logs import setup_logging
@@ -25,15 +26,13 @@ async def serve(settings: InterceptorSettings) -> None:
     deployments = load_deployments(settings.config_paths)
     redis = connect(settings.redis_url, max_connections=512)
     reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
-    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s)
+    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s, settings.edge)
     await relay.ensure_queues()
     await reader.start()
 
-    public = web.AppRunner(public_app(relay), handler_cancellation=True, access_log=None)
+    public = await start_public(public_app(relay), settings.host, settings.port, None, settings.edge)
     admin = web.AppRunner(admin_app(relay, redis), access_log=None)
-    await public.setup()
     await admin.setup()
-    await web.TCPSite(public, settings.host, settings.port).start()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     log.info(
         "listening",

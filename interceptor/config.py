@@ -2,12 +2,85 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiffin.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """The public listener's limits; each one refused is counted in `tiffin_rejected_total{reason}`."""
+
+    max_url_bytes: int = 4096
+    """TIFFIN_MAX_URL_BYTES: longest request target (path and query); longer gets 414 (default 4096)."""
+    max_header_bytes: int = 8190
+    """TIFFIN_MAX_HEADER_BYTES: longest header (name and value); longer gets 431 (default 8190)."""
+    max_headers: int = 100
+    """TIFFIN_MAX_HEADERS: most headers in one request; more gets 431 (default 100)."""
+    header_timeout_s: float = 10.0
+    """TIFFIN_HEADER_TIMEOUT_S: a request's headers must be complete this long after the connection opens
+    (or, on a kept-alive connection, after the request's first byte); then it is cut (408 if a request had
+    begun) (default 10). Also bounds the TLS handshake."""
+    body_timeout_s: float = 30.0
+    """TIFFIN_BODY_TIMEOUT_S: the whole request body must arrive within this long after its headers; then
+    408 and the connection is closed (default 30)."""
+    keepalive_timeout_s: float = 75.0
+    """TIFFIN_KEEPALIVE_TIMEOUT_S: an idle kept-alive connection is closed after this long (default 75)."""
+    write_timeout_s: float = 30.0
+    """TIFFIN_WRITE_TIMEOUT_S: a client that takes no reply bytes for this long is cut, and its request
+    cancelled (reason `slow_reader`) (default 30)."""
+    reply_buffer_bytes: int = 1_048_576
+    """TIFFIN_REPLY_BUFFER_BYTES: reply bytes held for one client that reads slower than the model writes;
+    past it the client is cut and its request cancelled (reason `slow_reader`) (default 1 MiB)."""
+    max_connections: int = 0
+    """TIFFIN_MAX_CONNECTIONS: open client connections at most; new ones past it are closed at once
+    (default 0: derived from the open-file limit, half of it less a reserve for Redis and logs, at most 16384)."""
+    max_connections_per_client: int = 128
+    """TIFFIN_MAX_CONNECTIONS_PER_CLIENT: open connections per client address (trusted proxies exempt)
+    (default 128)."""
+    trusted_proxies: tuple[Network, ...] = ()
+    """TIFFIN_TRUSTED_PROXIES: comma-separated CIDRs of proxies in front whose X-Forwarded-For/-Proto/-Host
+    are believed (default none: every client-sent X-Forwarded-* header is replaced)."""
+
+    @classmethod
+    def from_env(cls) -> EdgeSettings:
+        return cls(
+            max_url_bytes=_at_least("TIFFIN_MAX_URL_BYTES", 4096, 256),
+            max_header_bytes=_at_least("TIFFIN_MAX_HEADER_BYTES", 8190, 256),
+            max_headers=_at_least("TIFFIN_MAX_HEADERS", 100, 8),
+            header_timeout_s=env_positive("TIFFIN_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=env_positive("TIFFIN_BODY_TIMEOUT_S", 30.0),
+            keepalive_timeout_s=env_positive("TIFFIN_KEEPALIVE_TIMEOUT_S", 75.0),
+            write_timeout_s=env_positive("TIFFIN_WRITE_TIMEOUT_S", 30.0),
+            reply_buffer_bytes=_at_least("TIFFIN_REPLY_BUFFER_BYTES", 1_048_576, 65_536),
+            max_connections=_at_least("TIFFIN_MAX_CONNECTIONS", 0, 0),
+            max_connections_per_client=_at_least("TIFFIN_MAX_CONNECTIONS_PER_CLIENT", 128, 1),
+            trusted_proxies=parse_networks("TIFFIN_TRUSTED_PROXIES", env_str("TIFFIN_TRUSTED_PROXIES", "")),
+        )
+
+
+def _at_least(name: str, default: int, minimum: int) -> int:
+    value = env_int(name, default)
+    if value < minimum:
+        raise SystemExit(f"environment variable {name}={value} must be at least {minimum}")
+    return value
+
+
+def parse_networks(name: str, raw: str) -> tuple[Network, ...]:
+    """Comma- or space-separated addresses or CIDRs (`10.0.0.0/8, ::1`)."""
+    networks = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise SystemExit(f"environment variable {name}: {item!r} is not an address or CIDR") from exc
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -36,6 +109,8 @@ class InterceptorSettings:
     interceptors then withdraw the requests it had queued."""
     orphan_sweep_s: float
     """TIFFIN_ORPHAN_SWEEP_S: how often to look for requests whose interceptor died (default 10)."""
+    edge: EdgeSettings = field(default_factory=lambda: EdgeSettings())
+    """Limits of the public listener against slow, broken and hostile clients (see `EdgeSettings`)."""
 
     @classmethod
     def from_env(cls) -> InterceptorSettings:
@@ -55,4 +130,5 @@ class InterceptorSettings:
             reply_gap_grace_s=env_float("TIFFIN_REPLY_GAP_GRACE_S", 30.0),
             reply_ttl_s=env_positive("TIFFIN_REPLY_TTL_S", 60.0),
             orphan_sweep_s=env_positive("TIFFIN_ORPHAN_SWEEP_S", 10.0),
+            edge=EdgeSettings.from_env(),
         )

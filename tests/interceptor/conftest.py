@@ -12,9 +12,11 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from interceptor.app import admin_app, public_app
+from interceptor.config import EdgeSettings
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
+from interceptor.server import start_public
 from tiffin.config import Deployment
 from tiffin.frames import Frame
 from tiffin.queue import Delivery, DeploymentQueue
@@ -40,6 +42,17 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def serving_public(app: web.Application, settings: EdgeSettings) -> AsyncIterator[str]:
+    """Serve `app` as the public edge (interceptor.server) on a free loopback port; yields its base URL."""
+    runner = await start_public(app, "127.0.0.1", 0, None, settings)
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 @dataclass
 class Edge:
     """A running interceptor: its public and admin base URLs and the relay behind them."""
@@ -50,13 +63,17 @@ class Edge:
 
 
 @asynccontextmanager
-async def running_edge(redis: Redis, deployments: list[Deployment]) -> AsyncIterator[Edge]:
+async def running_edge(
+    redis: Redis, deployments: list[Deployment], edge: EdgeSettings | None = None
+) -> AsyncIterator[Edge]:
+    """The interceptor's public edge (with its limits, `edge`) and admin listener, in process on real sockets."""
     reader = ReplyReader(redis, "edge-test")
-    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0)
+    settings = edge or EdgeSettings()
+    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0, edge=settings)
     await relay.ensure_queues()
     await reader.start()
     try:
-        async with serving(public_app(relay)) as url, serving(admin_app(relay, redis)) as admin:
+        async with serving_public(public_app(relay), settings) as url, serving(admin_app(relay, redis)) as admin:
             yield Edge(url, admin, relay)
     finally:
         await reader.stop()
