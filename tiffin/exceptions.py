@@ -8,8 +8,11 @@
         ├── BadRequest           400  malformed JSON or fields
         ├── NotFound             404  no route or model
         ├── MethodNotAllowed     405
-        ├── PayloadTooLarge      413
+        ├── RequestTimeout       408  the body did not arrive in time (slow client)
+        ├── PayloadTooLarge      413  (also a compressed body that grows past the limit)
+        ├── UnsupportedEncoding  415  a Content-Encoding other than gzip, deflate or identity
         ├── QueueFull            429  (Retry-After)
+        ├── ServerFault          500  an unexpected failure at the edge (no detail is given out)
         ├── UpstreamFailed       502  the replica failed before answering
         ├── UpstreamTimeout      504  the replica took the request but did not answer in time
         ├── ReplicaError         any  an error a replica reported in an error frame, relayed as is
@@ -80,6 +83,24 @@ class PayloadTooLarge(RequestError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "body_timeout"
+
+
+class UnsupportedEncoding(RequestError):
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
+class ServerFault(RequestError):
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
 
 
 class QueueFull(RequestError):
