@@ -15,6 +15,7 @@ from redis.exceptions import RedisError
 from interceptor import metrics
 from interceptor.body import parse_json_object, read_body
 from interceptor.config import EdgeSettings
+from interceptor.memory import give_back_soon
 from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
@@ -186,11 +187,13 @@ class Relay:
             outcome.detail = "slow_reader"
             metrics.REJECTED.labels(deployment.name, "slow_reader").inc()
             log.warning("slow_reader", deployment=deployment.name, request_id=outcome.request_id, client=outcome.client)
-            if request.transport is not None:
-                request.transport.abort()  # drops what the transport still holds for this client, at once
+            give_back_soon()  # what its frames took on the heap, once they are gone
             if entry_id is not None:
                 withdrawn = True
                 await asyncio.shield(queue.cancel(outcome.request_id, entry_id, even_if_taken=True))
+            # Last: aborting the connection cancels this handler (handler_cancellation).
+            if request.transport is not None:
+                request.transport.abort()  # drops what the transport still holds for this client, at once
             return slow.response
         except (asyncio.CancelledError, ConnectionResetError):
             if outcome.delivered:

@@ -17,15 +17,19 @@ from tiffin.frames import Frame
 log = structlog.get_logger("interceptor.replies")
 
 READ_BLOCK_MS = 2000
-READ_COUNT = 1000
+# Frames per read: a reply frame can carry up to ~64 KB, so this bounds one read's memory (~6 MB) whatever the
+# replicas send; a busy reader simply reads again at once.
+READ_COUNT = 100
 DEFAULT_BUFFER_BYTES = 1_048_576
 
 
 class Inbox:
     """One request's frames waiting to be relayed, bounded in bytes.
 
-    A client that reads slower than the model writes makes frames pile up here; past `limit` bytes they are
-    dropped, the inbox is marked `overflowed`, and a write blocked on that client (see `writing`) is cut at once.
+    A client that reads slower than the model writes makes frames pile up here while a write to it is blocked
+    (see `writing`); past `limit` bytes they are dropped, the inbox is marked `overflowed`, and the blocked write
+    is cut at once. Frames that arrive while the relay is not blocked on its client (one Redis read can bring many
+    at once) are only queued: the relay takes them at its next turn, so a burst is never mistaken for a slow client.
     """
 
     def __init__(self, limit: int = DEFAULT_BUFFER_BYTES) -> None:
@@ -39,7 +43,7 @@ class Inbox:
         if self.overflowed:
             return
         self.buffered += len(frame.data)
-        if self.buffered > self.limit:
+        if self.buffered > self.limit and self._write_deadline is not None:
             self._overflow()
             return
         self._frames.put_nowait(frame)
