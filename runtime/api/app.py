@@ -248,9 +248,8 @@ async def _forward(
             lease = await balancer.acquire(deadline)
         except NoRunner as exc:
             if unreachable is not None:
-                raise UpstreamFailed(
-                    f"runner {unreachable} could not be reached and no runner answered before the wait deadline"
-                ) from exc
+                # Which runner, and why, is in the log (runner_unreachable); the client learns no internal address.
+                raise UpstreamFailed("no runner could be reached before the wait deadline") from exc
             raise
         outcome.runner = lease.runner_id
         stats.runner_wait.observe(lease.waited_s)
@@ -264,7 +263,8 @@ async def _forward(
         except aiohttp.SocketTimeoutError as exc:
             _release(app, lease)
             stats.runner_failures.labels(lease.runner_id, "timeout").inc()
-            raise UpstreamTimeout(f"runner {lease.runner_id} did not start answering in time") from exc
+            log.warning("runner_timeout", request_id=rid, runner=lease.runner_id)
+            raise UpstreamTimeout("the runner did not start answering in time") from exc
         except aiohttp.ClientConnectionError as exc:
             _release(app, lease)
             balancer.suspect(lease.runner_id)
@@ -274,7 +274,7 @@ async def _forward(
             # A refused connection never reached an engine: retrying is free. A connection dropped after the
             # request was sent may have been this request's doing (a poison request), so it gets one retry only.
             if failures >= (_CONNECT_RETRIES if isinstance(exc, aiohttp.ClientConnectorError) else 2):
-                raise UpstreamFailed(f"runner {lease.runner_id} failed: {exc!r}") from exc
+                raise UpstreamFailed("the runner failed") from exc
             continue
         except BaseException:
             _release(app, lease)
