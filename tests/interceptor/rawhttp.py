@@ -33,6 +33,8 @@ async def read_reply(reader: asyncio.StreamReader, timeout_s: float = TIMEOUT_S)
     """Read one response: by Content-Length, chunked framing, or until the connection closes."""
     async with asyncio.timeout(timeout_s):
         head = await reader.readuntil(b"\r\n\r\n")
+        while head.startswith(b"HTTP/1.1 100 "):  # an interim answer to `Expect: 100-continue`
+            head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         version, status = lines[0].split(" ")[:2]
         headers: dict[str, str] = {}
