@@ -31,6 +31,7 @@ from tiffin.exceptions import (
     NotFound,
     PayloadTooLarge,
     RequestError,
+    ServerFault,
     UpstreamFailed,
     UpstreamTimeout,
 )
@@ -140,7 +141,7 @@ async def _drain(app: web.Application) -> None:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
-    """aiohttp's own errors (unknown path, wrong method) in OpenAI's shape too."""
+    """aiohttp's own errors (unknown path, wrong method) in OpenAI's shape too, and a bug as a 500 without detail."""
     rid = request.headers.get("X-Request-Id")
     try:
         return await handler(request)
@@ -150,6 +151,12 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"), rid)
     except RequestError as exc:
         return error_response(exc, rid)
+    except (web.HTTPException, ConnectionError):
+        raise
+    except Exception as exc:
+        # A bug: its traceback goes to this log with the request id; the client (via the proxy) gets no detail.
+        log.error("unhandled_error", request_id=rid, path=request.path, exc_info=exc)
+        return error_response(ServerFault("the API server failed to handle this request"), rid)
 
 
 async def health(request: web.Request) -> web.Response:
