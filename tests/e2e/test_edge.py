@@ -39,7 +39,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _, stack.runner_port = stack.start_runner("echo", "echo-runner-1")
         _, api_port = stack.start_api("echo", "echo-api-1")
         stack.start_proxy("echo", "echo-api-1", api_port, TIFFIN_CANCEL_POLL_S="120")
-        stack.start_interceptor(TIFFIN_WRITE_TIMEOUT_S="10")
+        stack.start_interceptor(TIFFIN_WRITE_TIMEOUT_S="10", TIFFIN_HEADER_TIMEOUT_S="2")
         yield stack
     finally:
         stack.stop()
@@ -68,13 +68,19 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
-async def slow_rejections(stack: Stack) -> float:
+async def rejections(stack: Stack, reason: str) -> float:
+    """tiffin_rejected_total for `reason`, summed over deployments, from the admin port."""
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{stack.admin_port}/metrics") as resp:
         text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith("tiffin_rejected_total") and 'reason="slow_reader"' in line:
-            return float(line.split()[-1])
-    return 0.0
+    return sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("tiffin_rejected_total{") and f'reason="{reason}"' in line
+    )
+
+
+async def slow_rejections(stack: Stack) -> float:
+    return await rejections(stack, "slow_reader")
 
 
 async def test_a_client_that_goes_away_frees_its_runner_slot_at_once(stack: Stack) -> None:
@@ -162,3 +168,42 @@ async def test_slow_stream_readers_cost_bounded_memory_and_others_are_served(sta
     assert peak - baseline < 120 * MIB
     assert after - baseline < 20 * MIB
     assert served >= 1
+
+
+async def test_a_connection_flood_from_one_address_is_capped_and_others_are_served(stack: Stack) -> None:
+    """2000 idle connections from 127.0.0.2: 128 are let in (then cut at the header deadline), the rest are closed
+    at once; a client from another address is served throughout; the log stays short."""
+    flood = 2000
+    refused_before = await rejections(stack, "client_connections")
+    timed_out_before = await rejections(stack, "header_timeout")
+    log_size_before = stack.procs["interceptor"].log_path.stat().st_size
+    loop = asyncio.get_running_loop()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(flood):
+            sock = socket.socket()
+            socks.append(sock)
+            sock.setblocking(False)
+            sock.bind(("127.0.0.2", 0))
+            await loop.sock_connect(sock, ("127.0.0.1", stack.port))
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.post(stack.url + "/v1/chat/completions", json=chat("still here")) as resp:
+                    assert resp.status == 200
+                    assert (await resp.json())["choices"][0]["message"]["content"] == "echo: still here"
+
+        async def settled() -> bool:
+            refused = await rejections(stack, "client_connections") - refused_before
+            timed_out = await rejections(stack, "header_timeout") - timed_out_before
+            return refused + timed_out >= flood
+
+        await until("every flood connection being refused or cut", settled, 60)
+    finally:
+        for sock in socks:
+            sock.close()
+    assert await rejections(stack, "client_connections") - refused_before >= flood - 128
+    with stack.procs["interceptor"].log_path.open("rb") as log:
+        log.seek(log_size_before)
+        written = log.read()
+    assert b"Too many open files" not in written and b"Traceback" not in written
+    assert written.count(b"connections_refused") <= 10  # aggregated, not one line per connection
