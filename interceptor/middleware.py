@@ -47,8 +47,7 @@ async def edge_middleware(request: web.Request, handler: Handler) -> web.StreamR
     rid = uuid.uuid4().hex
     request[REQUEST_ID] = rid
     settings = request.app.get(EDGE) or EdgeSettings()
-    scheme = "https" if request.transport is not None and request.transport.get_extra_info("sslcontext") else "http"
-    found = forwarding(request.remote, scheme, request.host, request.headers, settings.trusted_proxies)
+    found = forwarding(request.remote, request.scheme, request.host, request.headers, settings.trusted_proxies)
     request[FORWARDING] = found
     with structlog.contextvars.bound_contextvars(request_id=rid, client=found.client):
         try:
