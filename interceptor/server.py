@@ -5,6 +5,8 @@ What it adds to aiohttp (3.14; it subclasses `web.RequestHandler`, see the pin i
   `Server: tiffin` and an `X-Request-Id`, logged as one line (client address and reason), never a traceback;
 - a deadline for each request's headers (slowloris), besides aiohttp's idle keep-alive timeout; the TLS
   handshake gets the same deadline;
+- a deadline for a client that stops reading what it is sent (any response, e.g. pipelined requests whose
+  answers are never read): past it the connection is cut (the relay has its own, finer one for streams);
 - caps on open connections, in total and per client address: over a cap a new connection is closed at once,
   counted in `tiffin_rejected_total`, and logged in aggregate (one line per interval, not one per connection);
 - the open-file soft limit raised to the hard limit, and the event loop's "Too many open files" accept
@@ -39,6 +41,8 @@ SERVER_NAME = "tiffin"
 # How long a request's unread body is drained after its answer before the connection is closed: long enough
 # for a client still sending (a refused upload) to read the answer, short enough to hold nothing up.
 LINGERING_S = 2.0
+# The connection-level write deadline backs the relay's own (TIFFIN_WRITE_TIMEOUT_S), which acts first on streams.
+WRITE_BACKSTOP_S = 5.0
 # Connections kept for Redis, logs and listeners when the connection cap is derived from the open-file limit.
 FD_RESERVE = 600
 AUTO_MAX_CONNECTIONS = 16_384
@@ -147,6 +151,7 @@ class EdgeProtocol(web.RequestHandler):
         self._limits = limits
         self._address: str | None = None
         self._header_timer: asyncio.TimerHandle | None = None
+        self._write_timer: asyncio.TimerHandle | None = None
         self._began = False  # bytes of a request whose headers are not complete yet have arrived
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -166,6 +171,9 @@ class EdgeProtocol(web.RequestHandler):
         if self._address is None:
             return  # refused at connection_made: aiohttp never knew of it
         self._disarm_header_timer()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         self._limits.release(self._address)
         self._address = None
         super().connection_lost(exc)
@@ -182,6 +190,27 @@ class EdgeProtocol(web.RequestHandler):
             self._began = True
             if self._header_timer is None:
                 self._arm_header_timer()
+
+    def pause_writing(self) -> None:
+        # The client is not taking what it is sent: it has until the deadline to start again.
+        super().pause_writing()
+        if self._write_timer is None:
+            deadline = self._limits.settings.write_timeout_s + WRITE_BACKSTOP_S
+            self._write_timer = asyncio.get_running_loop().call_later(deadline, self._reads_too_slowly)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+
+    def _reads_too_slowly(self) -> None:
+        self._write_timer = None
+        if self.transport is None:
+            return
+        metrics.REJECTED.labels("-", "slow_reader").inc()
+        self._limits.refusals.note("slow_reader", self._address or "-")
+        self.transport.abort()  # what it holds for this client is dropped at once
 
     def _arm_header_timer(self) -> None:
         loop = asyncio.get_running_loop()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from dataclasses import replace
 
 import aiohttp
@@ -205,3 +207,23 @@ async def test_refused_connections_are_logged_in_aggregate(redis: Redis, capsys:
         held_writer.close()
     lines = [line for line in capsys.readouterr().out.splitlines() if "connections_refused" in line]
     assert 1 <= len(lines) <= 2  # the first at once, the rest summed per interval
+
+
+async def test_a_client_that_pipelines_requests_and_never_reads_the_answers_is_cut(redis: Redis) -> None:
+    settings = replace(EDGE, write_timeout_s=0.5)
+    async with running_edge(redis, [deployment("smollm2")], settings) as edge:
+        before = rejected("slow_reader")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_connect(sock, ("127.0.0.1", port_of(edge.url)))
+            burst = request(path="/v1/models" + "?pad=" + "x" * 2000) * 200
+            async with asyncio.timeout(60):
+                with contextlib.suppress(ConnectionError):
+                    while True:  # until the edge cuts it (our own send buffer fills first, then its)
+                        await loop.sock_sendall(sock, burst)
+        finally:
+            sock.close()
+        assert rejected("slow_reader") >= before + 1
