@@ -227,3 +227,21 @@ async def test_a_client_that_pipelines_requests_and_never_reads_the_answers_is_c
         finally:
             sock.close()
         assert rejected("slow_reader") >= before + 1
+
+
+async def test_a_bug_at_the_edge_is_an_openai_500_without_detail_logged_once(
+    redis: Redis, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(request: object) -> None:
+        raise RuntimeError("internal detail: /srv/tiffin/secret.py redis://10.0.0.5:6379")
+
+    async with running_edge(redis, [deployment("smollm2")]) as edge:
+        monkeypatch.setattr(edge.relay, "completion", broken)
+        reply = await exchange(port_of(edge.url), request("POST", "/v1/chat/completions", b"{}"))
+
+    assert reply.status == 500
+    assert reply.headers["server"] == "tiffin"
+    assert reply.json()["error"]["code"] == "internal_error"
+    assert b"secret" not in reply.body and b"10.0.0.5" not in reply.body
+    logged = [line for line in capsys.readouterr().out.splitlines() if "unhandled_error" in line]
+    assert len(logged) == 1 and reply.headers["x-request-id"] in logged[0]
