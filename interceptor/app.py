@@ -64,6 +64,7 @@ def admin_app(relay: Relay, redis: Redis) -> web.Application:
     app = web.Application()
     app[RELAY] = relay
     app[REDIS] = redis
+    app.on_response_prepare.append(on_prepare)  # Server: tiffin here too (no version for a scanner)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
