@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import json
 import resource
 import ssl
@@ -105,8 +106,21 @@ class RefusalLog:
             self._flush = None
 
 
+def client_key(address: str) -> str:
+    """What the per-client cap counts by: the IPv4 address, or the IPv6 /64 (one host can hold a whole /64)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return address
+
+
 class ConnectionLimits:
-    """Open connections in total and per client address (trusted proxies carry many clients: exempt)."""
+    """Open connections in total and per client (address, or IPv6 /64); trusted proxies carry many: exempt."""
 
     def __init__(self, settings: EdgeSettings, total: int) -> None:
         self.settings = settings
@@ -120,17 +134,19 @@ class ConnectionLimits:
         if self.open >= self.total:
             return "connections"
         trusted = is_trusted(address, self.settings.trusted_proxies)
-        if not trusted and self.by_address[address] >= self.settings.max_connections_per_client:
+        key = client_key(address)
+        if not trusted and self.by_address[key] >= self.settings.max_connections_per_client:
             return "client_connections"
         self.open += 1
-        self.by_address[address] += 1
+        self.by_address[key] += 1
         return None
 
     def release(self, address: str) -> None:
+        key = client_key(address)
         self.open -= 1
-        self.by_address[address] -= 1
-        if self.by_address[address] <= 0:
-            del self.by_address[address]
+        self.by_address[key] -= 1
+        if self.by_address[key] <= 0:
+            del self.by_address[key]
 
 
 def _raw_error(status: int, reason: str, message: str, code: str) -> bytes:

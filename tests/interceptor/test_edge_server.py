@@ -22,7 +22,14 @@ from cryptography.x509.oid import NameOID
 
 from interceptor.config import EdgeSettings
 from interceptor.middleware import client_of, edge_middleware, on_prepare
-from interceptor.server import RefusalLog, _quiet_accept_errors, connection_cap, raise_open_file_limit, start_public
+from interceptor.server import (
+    ConnectionLimits,
+    RefusalLog,
+    _quiet_accept_errors,
+    connection_cap,
+    raise_open_file_limit,
+    start_public,
+)
 from tests.interceptor.rawhttp import closed_by_peer
 from tests.interceptor.test_edge_http import rejected
 
@@ -109,3 +116,16 @@ async def test_over_tls_the_edge_serves_and_a_handshake_that_never_comes_is_cut(
         writer.close()
     finally:
         await runner.cleanup()
+
+
+def test_the_per_client_cap_counts_an_ipv6_host_by_its_64() -> None:
+    limits = ConnectionLimits(replace(EdgeSettings(), max_connections_per_client=2), total=100)
+    assert limits.admit("2001:db8::1") is None
+    assert limits.admit("2001:db8::ffff:2") is None
+    assert limits.admit("2001:db8::3") == "client_connections"  # same /64
+    assert limits.admit("2001:db8:0:1::1") is None  # another /64
+    assert limits.admit("::ffff:192.0.2.1") is None
+    assert limits.admit("192.0.2.1") is None
+    assert limits.admit("192.0.2.1") == "client_connections"  # IPv4-mapped counts as the IPv4 address
+    limits.release("2001:db8::1")
+    assert limits.admit("2001:db8::4") is None
