@@ -11,7 +11,14 @@ import aiohttp
 import structlog
 
 from tiffin.config import Deployment
-from tiffin.frames import NOT_SERVED_HEADER, QUEUE_MS_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER, Frame
+from tiffin.frames import (
+    CHUNK_MAX_BYTES,
+    NOT_SERVED_HEADER,
+    QUEUE_MS_HEADER,
+    REPLY_HEADERS,
+    WAIT_DEADLINE_HEADER,
+    Frame,
+)
 from tiffin.probe import wait_until_ok
 from tiffin.queue import Delivery, DeploymentQueue, now_ms
 from tiffin.registry import Registry
@@ -215,7 +222,7 @@ class Proxy:
                         if not await self.queue.start(envelope, head):
                             raise _ReplyGone
                         head_sent = True
-                        async for data in resp.content.iter_any():
+                        async for data in resp.content.iter_chunked(CHUNK_MAX_BYTES):  # what is there, capped
                             if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
                                 raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
