@@ -34,7 +34,7 @@ class EdgeSettings:
     """TIFFIN_KEEPALIVE_TIMEOUT_S: an idle kept-alive connection is closed after this long (default 75)."""
     write_timeout_s: float = 30.0
     """TIFFIN_WRITE_TIMEOUT_S: a client that takes no reply bytes for this long is cut, and its request
-    cancelled (reason `slow_reader`) (default 30)."""
+    cancelled (reason `slow_reader`); any other answer it leaves unread cuts it 5 s later (default 30)."""
     reply_buffer_bytes: int = 1_048_576
     """TIFFIN_REPLY_BUFFER_BYTES: reply bytes held for one client that reads slower than the model writes;
     past it the client is cut and its request cancelled (reason `slow_reader`) (default 1 MiB)."""
@@ -42,8 +42,8 @@ class EdgeSettings:
     """TIFFIN_MAX_CONNECTIONS: open client connections at most; new ones past it are closed at once
     (default 0: derived from the open-file limit, half of it less a reserve for Redis and logs, at most 16384)."""
     max_connections_per_client: int = 128
-    """TIFFIN_MAX_CONNECTIONS_PER_CLIENT: open connections per client address (trusted proxies exempt)
-    (default 128)."""
+    """TIFFIN_MAX_CONNECTIONS_PER_CLIENT: open connections per client address (an IPv6 client by its /64;
+    trusted proxies exempt) (default 128)."""
     trusted_proxies: tuple[Network, ...] = ()
     """TIFFIN_TRUSTED_PROXIES: comma-separated CIDRs of proxies in front whose X-Forwarded-For/-Proto/-Host
     are believed (default none: every client-sent X-Forwarded-* header is replaced)."""
