@@ -23,6 +23,9 @@ class EdgeSettings:
     """TIFFIN_MAX_HEADER_BYTES: longest header (name and value); longer gets 431 (default 8190)."""
     max_headers: int = 100
     """TIFFIN_MAX_HEADERS: most headers in one request; more gets 431 (default 100)."""
+    max_header_total_bytes: int = 65_536
+    """TIFFIN_MAX_HEADER_TOTAL_BYTES: a request's request line and headers together; more gets 431, so a
+    connection's unfinished headers never hold more than this (default 64 KiB)."""
     header_timeout_s: float = 10.0
     """TIFFIN_HEADER_TIMEOUT_S: a request's headers must be complete this long after the connection opens
     (or, on a kept-alive connection, after the request's first byte); then it is cut (408 if a request had
@@ -54,6 +57,7 @@ class EdgeSettings:
             max_url_bytes=_at_least("TIFFIN_MAX_URL_BYTES", 4096, 256),
             max_header_bytes=_at_least("TIFFIN_MAX_HEADER_BYTES", 8190, 256),
             max_headers=_at_least("TIFFIN_MAX_HEADERS", 100, 8),
+            max_header_total_bytes=_at_least("TIFFIN_MAX_HEADER_TOTAL_BYTES", 65_536, 1024),
             header_timeout_s=env_positive("TIFFIN_HEADER_TIMEOUT_S", 10.0),
             body_timeout_s=env_positive("TIFFIN_BODY_TIMEOUT_S", 30.0),
             keepalive_timeout_s=env_positive("TIFFIN_KEEPALIVE_TIMEOUT_S", 75.0),

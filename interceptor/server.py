@@ -169,6 +169,7 @@ class EdgeProtocol(web.RequestHandler):
         self._header_timer: asyncio.TimerHandle | None = None
         self._write_timer: asyncio.TimerHandle | None = None
         self._began = False  # bytes of a request whose headers are not complete yet have arrived
+        self._header_bytes = 0  # how many
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -201,9 +202,15 @@ class EdgeProtocol(web.RequestHandler):
         super().data_received(data)
         if self._request_count != requests_before:
             self._disarm_header_timer()  # the headers of a request are complete (or failed to parse)
-            self._began = False
+            self._began, self._header_bytes = False, 0
         elif data and (between or self._header_timer is not None):
             self._began = True
+            self._header_bytes += len(data)
+            if self._header_bytes > self._limits.settings.max_header_total_bytes:
+                self._cut(
+                    "headers_too_large", 431, "Request Header Fields Too Large", "the request headers are too large"
+                )
+                return
             if self._header_timer is None:
                 self._arm_header_timer()
 
@@ -239,14 +246,24 @@ class EdgeProtocol(web.RequestHandler):
 
     def _headers_too_slow(self) -> None:
         self._header_timer = None
-        transport = self.transport
-        if transport is None or self._force_close:
+        if self._began:
+            self._cut("header_timeout", 408, "Request Timeout", "request headers took too long")
+            return
+        if self.transport is None or self._force_close:
             return
         metrics.REJECTED.labels("-", "header_timeout").inc()
         self._limits.refusals.note("header_timeout", self._address or "-")
-        if self._began:
-            # A request had begun: say why it is cut (it has not been answered, so nothing else is on the wire).
-            transport.write(_raw_error(408, "Request Timeout", "request headers took too long", "header_timeout"))
+        self.force_close()  # nothing was asked: nothing to answer
+
+    def _cut(self, reason: str, status: int, phrase: str, message: str) -> None:
+        """End a connection whose request headers broke a limit, saying why (nothing else is on the wire yet)."""
+        self._disarm_header_timer()
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        metrics.REJECTED.labels("-", reason).inc()
+        self._limits.refusals.note(reason, self._address or "-")
+        transport.write(_raw_error(status, phrase, message, reason))
         self.force_close()
 
     def handle_error(

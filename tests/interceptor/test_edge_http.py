@@ -245,3 +245,19 @@ async def test_a_bug_at_the_edge_is_an_openai_500_without_detail_logged_once(
     assert b"secret" not in reply.body and b"10.0.0.5" not in reply.body
     logged = [line for line in capsys.readouterr().out.splitlines() if "unhandled_error" in line]
     assert len(logged) == 1 and reply.headers["x-request-id"] in logged[0]
+
+
+async def test_headers_past_their_total_size_get_431_before_they_end(redis: Redis) -> None:
+    settings = replace(EDGE, max_header_total_bytes=4096)
+    async with running_edge(redis, [deployment("smollm2")], settings) as edge:
+        before = rejected("headers_too_large")
+        reader, writer = await open_raw(port_of(edge.url))
+        writer.write(
+            b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 500) for i in range(20))
+        )
+        reply = await read_reply(reader)  # no blank line yet: the headers never ended
+        assert reply.status == 431
+        assert reply.json()["error"]["code"] == "headers_too_large"
+        assert await closed_by_peer(reader) == b""
+        writer.close()
+        assert rejected("headers_too_large") == before + 1
