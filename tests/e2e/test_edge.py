@@ -1,4 +1,5 @@
-"""The edge with real processes: slow stream readers cost bounded memory, and a client that leaves frees its runner.
+"""The edge with real processes: slow stream readers cost bounded memory, a client that leaves frees its runner at
+once, and a connection flood from one address is capped while other clients are served.
 
 The proxy here polls request states only every 120 s, so a runner freed within the test's deadline was freed by
 the pushed cancellation (tiffin.queue.cancellations), not by the poll.
