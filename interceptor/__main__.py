@@ -15,7 +15,7 @@ from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
-from interceptor.tls_site import TLSSite
+from interceptor.server import start_public
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError, TLSError
 from tiffin.logs import setup_logging
@@ -34,19 +34,14 @@ async def serve(settings: InterceptorSettings) -> None:
     reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
     gate = KeyGate(redis, settings.keys_poll_s, settings.key_slot_lease_s)
     await gate.load()
-    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s, gate)
+    relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s, gate, settings.edge)
     await relay.ensure_queues()
     await reader.start()
 
-    public = web.AppRunner(public_app(relay), handler_cancellation=True, access_log=None)
+    ssl_context = certificates.context if certificates is not None else None
+    public = await start_public(public_app(relay), settings.host, settings.port, ssl_context, settings.edge)
     admin = web.AppRunner(admin_app(relay, redis, settings.admin_token), access_log=None)
-    await public.setup()
     await admin.setup()
-    site: web.BaseSite = web.TCPSite(public, settings.host, settings.port)
-    if certificates is not None:
-        site = TLSSite(public, settings.host, settings.port, ssl_context=certificates.context,
-                       handshake_timeout_s=settings.tls_handshake_timeout_s)  # fmt: skip
-    await site.start()
     await web.TCPSite(admin, settings.admin_host, settings.admin_port).start()
     log.info(
         "listening",

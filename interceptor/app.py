@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 
 from interceptor import metrics
 from interceptor.admin_auth import require_token
+from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
 from interceptor.relay import Relay
 from tiffin.config import Deployment
 from tiffin.errors import error_body, error_response
@@ -20,7 +21,7 @@ from tiffin.frames import COMPLETION_PATHS
 from tiffin.queue import now_ms
 from tiffin.status import read_status
 
-log = structlog.get_logger("interceptor.admin")
+log = structlog.get_logger("interceptor")
 
 RELAY = web.AppKey("relay", Relay)
 REDIS = web.AppKey("redis", Redis)
@@ -31,8 +32,10 @@ STATUS_TIMEOUT_S = 5.0
 
 def public_app(relay: Relay) -> web.Application:
     """Every path is routed by host and prefix, so one catch-all handler dispatches by suffix."""
-    app = web.Application()
+    app = web.Application(middlewares=[edge_middleware])
     app[RELAY] = relay
+    app[EDGE] = relay.edge
+    app.on_response_prepare.append(on_prepare)
     app.router.add_route("*", "/{tail:.*}", _dispatch)
     return app
 
@@ -40,9 +43,10 @@ def public_app(relay: Relay) -> web.Application:
 async def _dispatch(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
     path = request.path
+    rid = request_id(request)
     if path.endswith(COMPLETION_PATHS):
         if request.method != "POST":
-            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {path}; use POST"))
+            return error_response(MethodNotAllowed(f"{request.method} is not allowed on {path}; use POST"), rid)
         return await relay.completion(request)
     if path.endswith("/v1/models"):
         try:
@@ -51,10 +55,10 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
             route = relay.router.match(request.host, path)
             models = relay.gate.models(route, relay.gate.identify(request.headers.get("Authorization")), path)
         except RequestError as exc:
-            return error_response(exc)
+            return error_response(exc, rid)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "tiffin"} for m in models]
         return web.json_response({"object": "list", "data": data})
-    return error_response(NotFound(f"no endpoint at {path}", code="route_not_found"))
+    return error_response(NotFound("no endpoint at this path", code="route_not_found"), rid)
 
 
 def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Application:
@@ -64,6 +68,7 @@ def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Appli
     app = web.Application(middlewares=[require_token(token)] if token else [])
     app[RELAY] = relay
     app[REDIS] = redis
+    app.on_response_prepare.append(on_prepare)  # Server: tiffin here too (no version for a scanner)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -82,8 +87,8 @@ async def _readyz(request: web.Request) -> web.Response:
     try:
         await request.app[REDIS].ping()
     except (RedisError, OSError) as exc:
-        # Probes are open to anyone who reaches the port: the reason goes to the log, not the answer.
-        log.warning("not_ready", reason="redis unreachable", error=str(exc))
+        # The detail goes to the log, not to whoever asks.
+        log.warning("readiness_redis_unreachable", error=str(exc) or type(exc).__name__)
         return web.json_response({"status": "redis unreachable"}, status=503)
     return web.json_response({"status": "ready"})
 
@@ -111,7 +116,8 @@ async def _status(request: web.Request, deployments: list[Deployment], single: b
         async with asyncio.timeout(STATUS_TIMEOUT_S):
             statuses = await asyncio.gather(*(read_status(redis, d) for d in deployments))
     except (RedisError, OSError, TimeoutError) as exc:
-        message = f"redis is unreachable, so deployment status is unknown: {str(exc) or type(exc).__name__}"
+        log.warning("status_redis_unreachable", error=str(exc) or type(exc).__name__)
+        message = "redis is unreachable, so deployment status is unknown"
         return web.json_response(error_body(message, "server_error", "redis_unavailable"), status=503)
     if single:
         return web.json_response(statuses[0].to_json())

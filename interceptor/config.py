@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from interceptor.admin_auth import read_token
@@ -18,6 +19,82 @@ TLS_REQUIRED = (
     f"their keys, '{os.pathsep}'-separated, in pairs), or TIFFIN_PLAIN_HTTP=1 to serve plain HTTP behind a "
     "TLS-terminating proxy"
 )
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class EdgeSettings:
+    """The public listener's limits; each one refused is counted in `tiffin_rejected_total{reason}`."""
+
+    max_url_bytes: int = 4096
+    """TIFFIN_MAX_URL_BYTES: longest request target (path and query); longer gets 414 (default 4096)."""
+    max_header_bytes: int = 8190
+    """TIFFIN_MAX_HEADER_BYTES: longest header (name and value); longer gets 431 (default 8190)."""
+    max_headers: int = 100
+    """TIFFIN_MAX_HEADERS: most headers in one request; more gets 431 (default 100)."""
+    max_header_total_bytes: int = 65_536
+    """TIFFIN_MAX_HEADER_TOTAL_BYTES: a request's request line and headers together; more gets 431, so a
+    connection's unfinished headers never hold more than this (default 64 KiB)."""
+    header_timeout_s: float = 10.0
+    """TIFFIN_HEADER_TIMEOUT_S: a request's headers must be complete this long after the connection opens
+    (or, on a kept-alive connection, after the request's first byte); then it is cut (408 if a request had
+    begun) (default 10). Also bounds the TLS handshake."""
+    body_timeout_s: float = 30.0
+    """TIFFIN_BODY_TIMEOUT_S: the whole request body must arrive within this long after its headers; then
+    408 and the connection is closed (default 30)."""
+    keepalive_timeout_s: float = 75.0
+    """TIFFIN_KEEPALIVE_TIMEOUT_S: an idle kept-alive connection is closed after this long (default 75)."""
+    write_timeout_s: float = 30.0
+    """TIFFIN_WRITE_TIMEOUT_S: a client that takes no reply bytes for this long is cut, and its request
+    cancelled (reason `slow_reader`); any other answer it leaves unread cuts it 5 s later (default 30)."""
+    reply_buffer_bytes: int = 1_048_576
+    """TIFFIN_REPLY_BUFFER_BYTES: reply bytes held for one client that reads slower than the model writes;
+    past it the client is cut and its request cancelled (reason `slow_reader`) (default 1 MiB)."""
+    max_connections: int = 0
+    """TIFFIN_MAX_CONNECTIONS: open client connections at most; new ones past it are closed at once
+    (default 0: derived from the open-file limit, half of it less a reserve for Redis and logs, at most 16384)."""
+    max_connections_per_client: int = 128
+    """TIFFIN_MAX_CONNECTIONS_PER_CLIENT: open connections per client address (an IPv6 client by its /64;
+    trusted proxies exempt) (default 128)."""
+    trusted_proxies: tuple[Network, ...] = ()
+    """TIFFIN_TRUSTED_PROXIES: comma-separated CIDRs of proxies in front whose X-Forwarded-For/-Proto/-Host
+    are believed (default none: every client-sent X-Forwarded-* header is replaced)."""
+
+    @classmethod
+    def from_env(cls) -> EdgeSettings:
+        return cls(
+            max_url_bytes=_at_least("TIFFIN_MAX_URL_BYTES", 4096, 256),
+            max_header_bytes=_at_least("TIFFIN_MAX_HEADER_BYTES", 8190, 256),
+            max_headers=_at_least("TIFFIN_MAX_HEADERS", 100, 8),
+            max_header_total_bytes=_at_least("TIFFIN_MAX_HEADER_TOTAL_BYTES", 65_536, 1024),
+            header_timeout_s=env_positive("TIFFIN_HEADER_TIMEOUT_S", 10.0),
+            body_timeout_s=env_positive("TIFFIN_BODY_TIMEOUT_S", 30.0),
+            keepalive_timeout_s=env_positive("TIFFIN_KEEPALIVE_TIMEOUT_S", 75.0),
+            write_timeout_s=env_positive("TIFFIN_WRITE_TIMEOUT_S", 30.0),
+            reply_buffer_bytes=_at_least("TIFFIN_REPLY_BUFFER_BYTES", 1_048_576, 65_536),
+            max_connections=_at_least("TIFFIN_MAX_CONNECTIONS", 0, 0),
+            max_connections_per_client=_at_least("TIFFIN_MAX_CONNECTIONS_PER_CLIENT", 128, 1),
+            trusted_proxies=parse_networks("TIFFIN_TRUSTED_PROXIES", env_str("TIFFIN_TRUSTED_PROXIES", "")),
+        )
+
+
+def _at_least(name: str, default: int, minimum: int) -> int:
+    value = env_int(name, default)
+    if value < minimum:
+        raise SystemExit(f"environment variable {name}={value} must be at least {minimum}")
+    return value
+
+
+def parse_networks(name: str, raw: str) -> tuple[Network, ...]:
+    """Comma- or space-separated addresses or CIDRs (`10.0.0.0/8, ::1`)."""
+    networks = []
+    for item in raw.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as exc:
+            raise SystemExit(f"environment variable {name}: {item!r} is not an address or CIDR") from exc
+    return tuple(networks)
 
 
 @dataclass(frozen=True)
@@ -58,19 +135,18 @@ class InterceptorSettings:
     """TIFFIN_PLAIN_HTTP: 1 to serve plain HTTP, for a TLS-terminating proxy in front (default 0)."""
     tls_reload_s: float
     """TIFFIN_TLS_RELOAD_S: how often certificate files are checked for renewal (default 10)."""
-    tls_handshake_timeout_s: float
-    """TIFFIN_TLS_HANDSHAKE_TIMEOUT_S: a connection that has not finished its TLS handshake by then is closed
-    (default 10)."""
-
-    @property
-    def scheme(self) -> str:
-        return "http" if self.plain_http else "https"
 
     keys_poll_s: float
     """TIFFIN_KEYS_POLL_S: how often to check Redis for new or revoked API keys (default 0.25; one GET)."""
     key_slot_lease_s: float
     """TIFFIN_KEY_SLOT_LEASE_S: a key's concurrency slot lapses this long after its interceptor dies (default 30);
     a live interceptor renews the slots it holds every third of it."""
+    edge: EdgeSettings = field(default_factory=lambda: EdgeSettings())
+    """Limits of the public listener against slow, broken and hostile clients (see `EdgeSettings`)."""
+
+    @property
+    def scheme(self) -> str:
+        return "http" if self.plain_http else "https"
 
     @classmethod
     def from_env(cls) -> InterceptorSettings:
@@ -104,9 +180,9 @@ class InterceptorSettings:
             tls=tls,
             plain_http=plain_http,
             tls_reload_s=env_positive("TIFFIN_TLS_RELOAD_S", 10.0),
-            tls_handshake_timeout_s=env_positive("TIFFIN_TLS_HANDSHAKE_TIMEOUT_S", 10.0),
             keys_poll_s=env_positive("TIFFIN_KEYS_POLL_S", 0.25),
             key_slot_lease_s=env_positive("TIFFIN_KEY_SLOT_LEASE_S", 30.0),
+            edge=EdgeSettings.from_env(),
         )
 
 

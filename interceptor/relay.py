@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
-import uuid
 from dataclasses import dataclass, field
 
 import structlog
@@ -16,7 +14,11 @@ from redis.exceptions import RedisError
 
 from interceptor import metrics
 from interceptor.auth import KeyGate
-from interceptor.replies import ReplyReader
+from interceptor.body import parse_json_object, read_body
+from interceptor.config import EdgeSettings
+from interceptor.memory import give_back_soon
+from interceptor.middleware import client_of, request_id
+from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
 from tiffin.config import Deployment
 from tiffin.errors import error_response, sse_error_event
@@ -26,6 +28,7 @@ from tiffin.exceptions import (
     PayloadTooLarge,
     ReplicaError,
     RequestError,
+    RequestTimeout,
     UpstreamTimeout,
     WaitTimeout,
 )
@@ -44,6 +47,15 @@ from tiffin.status import end_wake
 log = structlog.get_logger("interceptor")
 
 SSE_DONE = b"data: [DONE]\n\n"
+# Refusals of client input, by error code -> the `reason` they are counted under in tiffin_rejected_total.
+_REFUSALS = {
+    "unsupported_content_encoding": "unsupported_encoding",
+    "request_too_large": "body_too_large",
+    "body_timeout": "body_timeout",
+    "bad_encoding": "bad_encoding",
+    "bad_body": "bad_request",
+    "invalid_json": "bad_json",
+}
 
 
 @dataclass
@@ -51,6 +63,8 @@ class Outcome:
     """What the per-request log line and metrics report."""
 
     request_id: str
+    client: str = "-"
+    """The client's address (after trusted proxies)."""
     deployment: str = "-"
     status: int = 0
     queue_ms: float | None = None
@@ -64,13 +78,28 @@ class Outcome:
     """The id of the valid API key the request carried (never the key)."""
 
 
+class _SlowReader(Exception):
+    """The client reads the reply slower than it comes: its buffer overflowed or a write passed its deadline."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("slow reader")
+        self.response = response
+
+
 class Relay:
     """Serves the completion endpoints for every deployment of this interceptor."""
 
     def __init__(
-        self, redis: Redis, router: Router, reader: ReplyReader, reply_gap_grace_s: float, gate: KeyGate | None = None
+        self,
+        redis: Redis,
+        router: Router,
+        reader: ReplyReader,
+        reply_gap_grace_s: float,
+        gate: KeyGate | None = None,
+        edge: EdgeSettings | None = None,
     ) -> None:
         self.redis = redis
+        self.edge = edge or EdgeSettings()
         self.router = router
         self.reader = reader
         # Without a gate that loads keys, deployments that require one refuse every request (fail closed).
@@ -89,7 +118,7 @@ class Relay:
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions and /v1/completions (behind any route prefix)."""
-        outcome = Outcome(request_id=uuid.uuid4().hex)
+        outcome = Outcome(request_id=request_id(request), client=client_of(request).client)
         self.in_flight += 1
         self.idle.clear()
         try:
@@ -97,7 +126,13 @@ class Relay:
         except RequestError as exc:
             outcome.status = exc.status
             outcome.detail = exc.code
-            return error_response(exc, outcome.request_id)
+            response = error_response(exc, outcome.request_id)
+            reason = _REFUSALS.get(exc.code or "")
+            if reason is not None:
+                metrics.REJECTED.labels(outcome.deployment, reason).inc()
+            if isinstance(exc, RequestTimeout):
+                response.force_close()  # the rest of a body this slow is not worth waiting for
+            return response
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -111,8 +146,8 @@ class Relay:
         caller = self.gate.identify(request.headers.get("Authorization"))
         outcome.key_id = caller.key_id
         route = self.gate.admit_route(route, caller, request.path)  # before reading a body it would refuse
-        body = await _read_body(request, self._max_body)
-        payload = _parse_json(body)
+        body = await read_body(request, self._max_body, self.edge.body_timeout_s)
+        payload = parse_json_object(body)
         model = payload.get("model")
         if model is not None and not isinstance(model, str):
             raise BadRequest("'model' must be a string")
@@ -123,6 +158,7 @@ class Relay:
         queue = self.queues[deployment.name]
         enqueued = now_ms()
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
+        headers.update(client_of(request).headers)
         headers["x-request-id"] = outcome.request_id
         envelope = Envelope(
             request_id=outcome.request_id,
@@ -136,9 +172,10 @@ class Relay:
         )
         slot = await self.gate.acquire(deployment, caller, outcome.request_id)  # 429 over the key's limits
         metrics.IN_PROGRESS.labels(deployment.name).inc()
-        inbox = self.reader.subscribe(outcome.request_id)
+        inbox = self.reader.subscribe(outcome.request_id, self.edge.reply_buffer_bytes)
         entry_id: bytes | None = None
         wake_open = False  # this request started a cold start that is not recorded yet
+        withdrawn = False
         try:
             admission = await queue.admit(
                 envelope,
@@ -155,6 +192,19 @@ class Relay:
                 wake_open = False
                 await self._cold_head(admission, deployment, envelope, head, outcome)
             return await self._relay(request, inbox, head, deployment, outcome)
+        except _SlowReader as slow:
+            # Cut the client and free the replica's slot: nobody will read the rest of this answer in time.
+            outcome.detail = "slow_reader"
+            metrics.REJECTED.labels(deployment.name, "slow_reader").inc()
+            log.warning("slow_reader", deployment=deployment.name, request_id=outcome.request_id, client=outcome.client)
+            give_back_soon()  # what its frames took on the heap, once they are gone
+            if entry_id is not None:
+                withdrawn = True
+                await asyncio.shield(queue.cancel(outcome.request_id, entry_id, even_if_taken=True))
+            # Last: aborting the connection cancels this handler (handler_cancellation).
+            if request.transport is not None:
+                request.transport.abort()  # drops what the transport still holds for this client, at once
+            return slow.response
         except (asyncio.CancelledError, ConnectionResetError):
             if outcome.delivered:
                 # OpenAI clients close a stream as soon as they read `[DONE]`: that is a finished answer.
@@ -162,6 +212,7 @@ class Relay:
             # The client went away: withdraw the request so no replica spends time on it.
             outcome.status, outcome.detail = 499, "client_closed"
             if entry_id is not None:
+                withdrawn = True
                 await asyncio.shield(queue.cancel(outcome.request_id, entry_id, even_if_taken=True))
             raise
         finally:
@@ -172,7 +223,7 @@ class Relay:
                 # It ended without a head (wait deadline, client gone, error frame): let the next cold
                 # request start and time the next cold start.
                 await asyncio.shield(self._clear_wake(deployment.name, outcome.request_id))
-            if entry_id is not None and outcome.status != 499:
+            if entry_id is not None and not withdrawn:
                 await asyncio.shield(queue.forget(outcome.request_id))
 
     async def _cold_head(
@@ -198,7 +249,7 @@ class Relay:
 
     async def _await_head(
         self,
-        inbox: asyncio.Queue[Frame],
+        inbox: Inbox,
         deployment: Deployment,
         queue: DeploymentQueue,
         envelope: Envelope,
@@ -236,7 +287,7 @@ class Relay:
     async def _relay(
         self,
         request: web.Request,
-        inbox: asyncio.Queue[Frame],
+        inbox: Inbox,
         head: Frame,
         deployment: Deployment,
         outcome: Outcome,
@@ -257,27 +308,51 @@ class Relay:
                     frame = await inbox.get()
             except TimeoutError:
                 frame = Frame.fail(outcome.request_id, head.by, 504, "the reply stalled", "upstream_timeout")
+            if inbox.overflowed:
+                await self._say_slow(request, response, sse)
+                raise _SlowReader(response)
             if frame.by != head.by:
                 continue  # a second replica answering a redelivered copy: one answer only
             if frame.kind is FrameKind.CHUNK:
-                await response.write(frame.data)
+                await self._write(response, inbox, frame.data)
                 outcome.delivered = sse and frame.data.endswith(SSE_DONE)
             elif frame.kind is FrameKind.END:
                 break
             elif frame.kind is FrameKind.ERROR:
                 outcome.detail = str(frame.error.get("code"))
                 if sse:
-                    await response.write(
-                        sse_error_event(str(frame.error.get("message")), outcome.detail or "upstream_failed")
-                    )
+                    message = str(frame.error.get("message"))
+                    await self._write(response, inbox, sse_error_event(message, outcome.detail or "upstream_failed"))
                     break
                 # A plain body cut short cannot be marked inside itself: end the connection without the
                 # final chunk, so the client sees an incomplete response rather than a truncated success.
                 if request.transport is not None:
                     request.transport.close()
                 return response
-        await response.write_eof()
+        try:
+            async with inbox.writing(self.edge.write_timeout_s):
+                await response.write_eof()
+        except TimeoutError as exc:
+            raise _SlowReader(response) from exc
         return response
+
+    async def _write(self, response: web.StreamResponse, inbox: Inbox, data: bytes) -> None:
+        """One write to the client, within the write deadline (and cut at once if its inbox overflows)."""
+        try:
+            async with inbox.writing(self.edge.write_timeout_s):
+                await response.write(data)
+        except TimeoutError as exc:
+            raise _SlowReader(response) from exc
+
+    async def _say_slow(self, request: web.Request, response: web.StreamResponse, sse: bool) -> None:
+        """Tell an SSE client why its stream ends, if its connection can still take a few bytes without waiting."""
+        transport = request.transport
+        if not sse or transport is None or transport.get_write_buffer_size() > 0:
+            return
+        event = sse_error_event("the client read the reply too slowly; the request was cancelled", "slow_reader")
+        with contextlib.suppress(TimeoutError, ConnectionError):
+            async with asyncio.timeout(1.0):
+                await response.write(event)
 
     def _report(self, outcome: Outcome) -> None:
         total = time.monotonic() - outcome.started
@@ -294,6 +369,7 @@ class Relay:
             deployment=outcome.deployment,
             request_id=outcome.request_id,
             key_id=outcome.key_id,
+            client=outcome.client,
             status=outcome.status,
             queue_wait_ms=outcome.queue_ms,
             cold_start_ms=outcome.cold_start_ms,
@@ -307,26 +383,3 @@ def _state_ttl_s(deployment: Deployment) -> int:
     """The request state outlives the longest legitimate wait, then expires (a crashed edge leaks nothing)."""
     limits = deployment.limits
     return int(limits.wait_timeout_s + 2 * limits.upstream_timeout_s + 60)
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(65536):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _parse_json(body: bytes) -> dict[str, object]:
-    try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("request body must be a JSON object")
-    return payload

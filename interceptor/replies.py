@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -16,7 +17,64 @@ from tiffin.frames import Frame
 log = structlog.get_logger("interceptor.replies")
 
 READ_BLOCK_MS = 2000
-READ_COUNT = 1000
+# Frames per read: a reply frame can carry up to ~64 KB, so this bounds one read's memory (~6 MB) whatever the
+# replicas send; a busy reader simply reads again at once.
+READ_COUNT = 100
+DEFAULT_BUFFER_BYTES = 1_048_576
+
+
+class Inbox:
+    """One request's frames waiting to be relayed, bounded in bytes.
+
+    A client that reads slower than the model writes makes frames pile up here while a write to it is blocked
+    (see `writing`); past `limit` bytes they are dropped, the inbox is marked `overflowed`, and the blocked write
+    is cut at once. Frames that arrive while the relay is not blocked on its client (one Redis read can bring many
+    at once) are only queued: the relay takes them at its next turn, so a burst is never mistaken for a slow client.
+    """
+
+    def __init__(self, limit: int = DEFAULT_BUFFER_BYTES) -> None:
+        self.limit = limit
+        self.buffered = 0
+        self.overflowed = False
+        self._frames: asyncio.Queue[Frame] = asyncio.Queue()
+        self._write_deadline: asyncio.Timeout | None = None
+
+    def put_nowait(self, frame: Frame) -> None:
+        if self.overflowed:
+            return
+        self.buffered += len(frame.data)
+        if self.buffered > self.limit and self._write_deadline is not None:
+            self._overflow()
+            return
+        self._frames.put_nowait(frame)
+
+    async def get(self) -> Frame:
+        frame = await self._frames.get()
+        self.buffered -= len(frame.data)
+        return frame
+
+    def empty(self) -> bool:
+        return self._frames.empty()
+
+    @contextlib.asynccontextmanager
+    async def writing(self, timeout_s: float) -> AsyncIterator[None]:
+        """Bound one write to the client by `timeout_s`, and cut it at once if the inbox overflows meanwhile."""
+        async with asyncio.timeout(timeout_s) as deadline:
+            self._write_deadline = deadline
+            try:
+                yield
+            finally:
+                self._write_deadline = None
+
+    def _overflow(self) -> None:
+        self.overflowed = True
+        # Let go of everything held for this client; the relay sees `overflowed` at its next step.
+        while not self._frames.empty():
+            self._frames.get_nowait()
+        self.buffered = 0
+        self._frames.put_nowait(Frame.fail("", "", 0, "reply buffer overflowed", "slow_reader"))
+        if self._write_deadline is not None:
+            self._write_deadline.reschedule(asyncio.get_running_loop().time())
 
 
 class ReplyReader:
@@ -27,13 +85,13 @@ class ReplyReader:
         self.key = keys.reply(interceptor_id)
         # The stream expires if this interceptor dies, so proxies stop writing to it (they never recreate it).
         self.ttl_s = ttl_s
-        self._inboxes: dict[str, asyncio.Queue[Frame]] = {}
+        self._inboxes: dict[str, Inbox] = {}
         self._last_id = b"0-0"
         self._task: asyncio.Task[None] | None = None
 
-    def subscribe(self, request_id: str) -> asyncio.Queue[Frame]:
+    def subscribe(self, request_id: str, buffer_bytes: int = DEFAULT_BUFFER_BYTES) -> Inbox:
         """Register a request before it is enqueued, so no frame can arrive unseen."""
-        inbox: asyncio.Queue[Frame] = asyncio.Queue()
+        inbox = Inbox(buffer_bytes)
         self._inboxes[request_id] = inbox
         return inbox
 

@@ -40,12 +40,16 @@ async def serve(settings: ProxySettings) -> int:
             log.error("upstream_not_ready", upstream=settings.upstream_url)
             await redis.aclose()
             return 0 if stop.is_set() else 1
-        proxy = Proxy(deployment, queue, registry, session, settings.replica_id, settings.upstream_url)
+        proxy = Proxy(
+            deployment, queue, registry, session, settings.replica_id, settings.upstream_url, settings.cancel_poll_s
+        )
         info = {"upstream": settings.upstream_url, "concurrency": deployment.api.concurrency, "started_at": time.time()}
         async with registry.keep(settings.replica_id, info):
             log.info("consuming", deployment=deployment.name, replica=settings.replica_id, upstream=info["upstream"])
             consumer = asyncio.create_task(proxy.consume(), name="consume")
             reclaimer = asyncio.create_task(proxy.reclaim_loop(settings.reclaim_interval_s), name="reclaim")
+            drained = asyncio.Event()  # cancellations are heard until in-flight requests are done
+            canceller = asyncio.create_task(proxy.cancel_loop(drained), name="cancels")
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({consumer, stopped}, return_when=asyncio.FIRST_COMPLETED)
             # Shutdown order: stop reading new work, finish in-flight requests, then leave the registry.
@@ -53,6 +57,8 @@ async def serve(settings: ProxySettings) -> int:
             await asyncio.gather(consumer, reclaimer, return_exceptions=True)
             stopped.cancel()
             await proxy.drain(settings.drain_timeout_s)
+            drained.set()
+            await canceller
             if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
                 log.error("consumer_failed", error=repr(consumer.exception()))
                 await redis.aclose()

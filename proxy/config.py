@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiffin.env import env_float, env_paths, env_str, redis_url
+from tiffin.env import env_float, env_paths, env_positive, env_str, redis_url
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,9 @@ class ProxySettings:
     """TIFFIN_DRAIN_TIMEOUT_S: on SIGTERM, how long in-flight requests may finish (default 120)."""
     ready_timeout_s: float
     """TIFFIN_READY_TIMEOUT_S: how long to wait for the API server's /health at start (default 300)."""
+    cancel_poll_s: float = 1.0
+    """TIFFIN_CANCEL_POLL_S: how often an in-flight request's state is checked for a cancellation whose push
+    was missed (pushed cancellations act at once) (default 1)."""
 
     @classmethod
     def from_env(cls) -> ProxySettings:
@@ -47,4 +50,5 @@ class ProxySettings:
             reclaim_interval_s=env_float("TIFFIN_RECLAIM_INTERVAL_S", 2.0),
             drain_timeout_s=env_float("TIFFIN_DRAIN_TIMEOUT_S", 120.0),
             ready_timeout_s=env_float("TIFFIN_READY_TIMEOUT_S", 300.0),
+            cancel_poll_s=env_positive("TIFFIN_CANCEL_POLL_S", 1.0),
         )

@@ -11,7 +11,14 @@ import aiohttp
 import structlog
 
 from tiffin.config import Deployment
-from tiffin.frames import NOT_SERVED_HEADER, QUEUE_MS_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER, Frame
+from tiffin.frames import (
+    CHUNK_MAX_BYTES,
+    NOT_SERVED_HEADER,
+    QUEUE_MS_HEADER,
+    REPLY_HEADERS,
+    WAIT_DEADLINE_HEADER,
+    Frame,
+)
 from tiffin.probe import wait_until_ok
 from tiffin.queue import Delivery, DeploymentQueue, now_ms
 from tiffin.registry import Registry
@@ -19,7 +26,6 @@ from tiffin.registry import Registry
 log = structlog.get_logger("proxy")
 
 _READ_BLOCK_MS = 1000
-_CANCEL_CHECK_S = 1.0
 _CONNECT_RETRIES = 3
 _UPSTREAM_RECHECK_S = 0.5
 
@@ -43,6 +49,7 @@ class Proxy:
         session: aiohttp.ClientSession,
         replica_id: str,
         upstream_url: str,
+        cancel_poll_s: float = 1.0,
     ) -> None:
         self.deployment = deployment
         self.queue = queue
@@ -50,6 +57,8 @@ class Proxy:
         self.session = session
         self.replica_id = replica_id
         self.upstream_url = upstream_url
+        self.cancel_poll_s = cancel_poll_s
+        self._cancelled: dict[str, asyncio.Event] = {}
         self.concurrency = deployment.api.concurrency
         self.stopping = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
@@ -79,6 +88,15 @@ class Proxy:
         if await wait_until_ok(self.session, self.upstream_url + "/health", self.stopping, poll_s=_UPSTREAM_RECHECK_S):
             log.info("upstream_healthy_again", upstream=self.upstream_url)
             self._upstream_ok.set()
+
+    async def cancel_loop(self, stop: asyncio.Event) -> None:
+        """Until `stop`: stop a request's upstream call as soon as its interceptor publishes its cancellation."""
+        await self.queue.cancellations(stop, self._on_cancel)
+
+    def _on_cancel(self, request_id: str) -> None:
+        event = self._cancelled.get(request_id)
+        if event is not None:
+            event.set()
 
     async def reclaim_loop(self, interval_s: float) -> None:
         """Serve requests held by replicas that died (their heartbeat lapsed) before answering."""
@@ -142,9 +160,11 @@ class Proxy:
         queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
         stream = asyncio.create_task(self._forward(delivery, queue_ms))
+        self._cancelled[rid] = asyncio.Event()
         try:
             await self._watch_cancellation(rid, stream)
         finally:
+            self._cancelled.pop(rid, None)
             await self.queue.finish(delivery.entry_id)
         if not stream.cancelled() and stream.result() == "released":
             return  # logged as such; another replica serves it
@@ -158,10 +178,19 @@ class Proxy:
         )
 
     async def _watch_cancellation(self, rid: str, stream: asyncio.Task[Any]) -> None:
-        """Abort the upstream call if the client has gone away (its state says 'cancelled' or has expired)."""
+        """Abort the upstream call if the client has gone away (its state says 'cancelled' or has expired).
+
+        Woken at once by a pushed cancellation; the poll every `cancel_poll_s` catches a push that was missed.
+        """
+        pushed = self._cancelled[rid]
         while True:
-            done, _ = await asyncio.wait({stream}, timeout=_CANCEL_CHECK_S)
-            if done:
+            signal = asyncio.create_task(pushed.wait())
+            done, _ = await asyncio.wait(
+                {stream, signal}, timeout=self.cancel_poll_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            signal.cancel()
+            pushed.clear()
+            if stream in done:
                 return
             if await self.queue.state(rid) not in ("taken", "started"):
                 stream.cancel()
@@ -193,7 +222,7 @@ class Proxy:
                         if not await self.queue.start(envelope, head):
                             raise _ReplyGone
                         head_sent = True
-                        async for data in resp.content.iter_any():
+                        async for data in resp.content.iter_chunked(CHUNK_MAX_BYTES):  # what is there, capped
                             if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
                                 raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
@@ -201,7 +230,7 @@ class Proxy:
                 except aiohttp.ClientConnectorError as exc:
                     # Nothing reached the API server: safe to try again shortly, or to leave to another replica.
                     if attempt == _CONNECT_RETRIES - 1:
-                        raise _NotServed(f"unreachable: {exc}") from exc
+                        raise _NotServed(f"unreachable: {exc}") from exc  # logged only, never sent to a client
                     await asyncio.sleep(0.5 * (attempt + 1))
         except _NotServed as exc:
             await self._hand_back(delivery, str(exc))
@@ -212,7 +241,9 @@ class Proxy:
             await self._fail(envelope.reply_to, rid, 504, "the API server did not answer in time", "upstream_timeout")
         except aiohttp.ClientError as exc:
             code = "upstream_failed_mid_reply" if head_sent else "upstream_failed"
-            await self._fail(envelope.reply_to, rid, 502, f"the API server failed: {exc!r}", code)
+            # The detail (addresses, ports, exception text) goes to this log only; the client gets a plain message.
+            log.warning("upstream_failed", request_id=rid, head_sent=head_sent, error=repr(exc))
+            await self._fail(envelope.reply_to, rid, 502, "the API server failed", code)
         return "forwarded"
 
     async def _hand_back(self, delivery: Delivery, reason: str) -> None:

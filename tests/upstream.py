@@ -6,10 +6,11 @@ Replies say `echo: <last user message or prompt>`. Hooks come from the body fiel
     "delay_s": float     pause before each streamed chunk (once, before a non-streamed reply)
     "linger_s": float    after a stream's `data: [DONE]`, keep the response open this long before ending it
     "hold_once": KEY     the first request with KEY never answers (until its client goes away); later ones do
+    "flood_bytes": int   a streamed reply then sends this many more bytes of filler events, as fast as it can
     "status": int        answer with this HTTP status and an OpenAI error body
     "key": KEY           only labels the request in /_test/arrivals
 GET /_test/arrivals lists every request received ({"key", "at"}, the key of "hold_once" or "key");
-GET /_test/disconnects counts held requests whose client went away. Every response carries
+GET /_test/disconnects counts held requests (and floods) whose client went away. Every response carries
 `X-Upstream-Port: P`; GET /health also says the pid.
 """
 
@@ -122,12 +123,26 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if delay:
             await asyncio.sleep(delay)
         await resp.write(b"data: " + json.dumps(_chunk(chat, rid, name, piece)).encode() + b"\n\n")
+    flood = int(hooks.get("flood_bytes", 0))
+    if flood:
+        await _flood(resp, state, flood)
     await resp.write(b"data: [DONE]\n\n")
     linger = float(hooks.get("linger_s", 0))
     if linger:
         await asyncio.sleep(linger)  # a server whose close lags its last event, as vLLM's can
     await resp.write_eof()
     return resp
+
+
+async def _flood(resp: web.StreamResponse, state: dict[str, Any], total: int) -> None:
+    """Filler events of about 8 KB each, `total` bytes in all; a client gone before the end counts as a disconnect."""
+    event = b"data: " + json.dumps({"filler": "x" * 8000}).encode() + b"\n\n"
+    try:
+        for _ in range(total // len(event)):
+            await resp.write(event)
+    except (asyncio.CancelledError, ConnectionError):
+        state["disconnects"] += 1
+        raise
 
 
 async def health(request: web.Request) -> web.Response:

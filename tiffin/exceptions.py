@@ -11,10 +11,13 @@
         ├── Unauthenticated      401  no API key (or admin token), a malformed one, or one unknown or revoked
         ├── NotFound             404  no route or model (or none this API key opens: the same answer)
         ├── MethodNotAllowed     405
-        ├── PayloadTooLarge      413
+        ├── RequestTimeout       408  the body did not arrive in time (slow client)
+        ├── PayloadTooLarge      413  (also a compressed body that grows past the limit)
+        ├── UnsupportedEncoding  415  a Content-Encoding other than gzip, deflate or identity
         ├── QueueFull            429  (Retry-After)
         ├── KeyRateLimited       429  the API key sent more requests per second than its limit (Retry-After)
         ├── KeyConcurrencyLimited 429 the API key has its limit of requests in progress (Retry-After)
+        ├── ServerFault          500  an unexpected failure at the edge (no detail is given out)
         ├── UpstreamFailed       502  the replica failed before answering
         ├── UpstreamTimeout      504  the replica took the request but did not answer in time
         ├── ReplicaError         any  an error a replica reported in an error frame, relayed as is
@@ -115,6 +118,24 @@ class PayloadTooLarge(RequestError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(RequestError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "body_timeout"
+
+
+class UnsupportedEncoding(RequestError):
+    status = 415
+    error_type = "invalid_request_error"
+    code = "unsupported_content_encoding"
+
+
+class ServerFault(RequestError):
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
 
 
 class QueueFull(RequestError):

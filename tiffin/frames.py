@@ -28,6 +28,9 @@ COLD_START_HEADER = "x-tiffin-cold-start-ms"
 # API server -> proxy, on an error reply: the request reached no runner and should be served by another
 # replica (value: why, e.g. "draining"). The proxy puts it back in the queue instead of relaying the error.
 NOT_SERVED_HEADER = "X-Tiffin-Not-Served"
+# The most body bytes one chunk frame carries: a reply that arrives faster is split, so one read of a reply stream
+# (a bounded number of frames) holds a bounded number of bytes at the interceptor.
+CHUNK_MAX_BYTES = 65_536
 # Response headers worth carrying back to the client.
 REPLY_HEADERS = ("content-type", "cache-control", QUEUE_MS_HEADER)
 

@@ -45,6 +45,12 @@ WAKE_CHANNEL = f"{PREFIX}:wake"
 """Pub/sub channel: a deployment's name is published when a request is enqueued while it is not warm."""
 
 
+def cancels(deployment: str) -> str:
+    """Pub/sub channel: the id of a request of this deployment cancelled while a proxy held it (client gone),
+    so the proxy stops its upstream call at once instead of at its next poll of the request state."""
+    return f"{PREFIX}:cancels:{deployment}"
+
+
 def activity(deployment: str) -> str:
     """Epoch-ms of the deployment's last enqueue or finished request: the idle period counts from here."""
     return f"{PREFIX}:activity:{deployment}"

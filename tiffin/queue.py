@@ -12,13 +12,15 @@ frame instead, because reply bytes may already have reached the client.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import RedisError, ResponseError
 
 from tiffin import keys
 from tiffin.exceptions import QueueFull
@@ -53,7 +55,8 @@ end
 return {id, cold}
 """
 
-# ARGV[1]: entry id; ARGV[2]: '1' to cancel even a taken request (client gone), '0' only a queued one.
+# KEYS: request state, queue, cancel channel. ARGV[1]: entry id; ARGV[2]: '1' to cancel even a taken request
+# (client gone), '0' only a queued one; ARGV[3]: request id, published when a proxy holds the request.
 # The state's own entry id wins over ARGV[1]: a released request was queued again under a new id.
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'state')
@@ -64,6 +67,7 @@ if st == 'queued' then
 end
 if (st == 'taken' or st == 'started') and ARGV[2] == '1' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled')
+  redis.call('PUBLISH', KEYS[3], ARGV[3])
   return 'cancelled'
 end
 return st
@@ -186,7 +190,8 @@ class DeploymentQueue:
     async def cancel(self, request_id: str, entry_id: bytes, *, even_if_taken: bool) -> str | None:
         """Cancel a request; returns the state it is left in ('cancelled', 'taken', 'started', None if gone)."""
         state = await self._cancel(
-            keys=[keys.request(request_id), self.key], args=[entry_id, "1" if even_if_taken else "0"]
+            keys=[keys.request(request_id), self.key, keys.cancels(self.deployment)],
+            args=[entry_id, "1" if even_if_taken else "0", request_id],
         )
         return _text(state)
 
@@ -238,6 +243,24 @@ class DeploymentQueue:
         """Claim the request for serving; anything but 'taken' means skip it (see module docstring)."""
         state = await self._take(keys=[keys.request(request_id)], args=[consumer, now_ms()])
         return _text(state)
+
+    async def cancellations(self, stop: asyncio.Event, on_cancel: Callable[[str], None]) -> None:
+        """Call `on_cancel(request_id)` for each request of this deployment cancelled while a proxy held it,
+        until `stop` is set. Pushed, so a proxy stops work at once; the request state stays the authority (a
+        push missed while Redis was unreachable is caught by the proxy's poll)."""
+        while not stop.is_set():
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(keys.cancels(self.deployment))
+                while not stop.is_set():
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        on_cancel(_text(message["data"]) or "")
+            except (RedisError, OSError):
+                await asyncio.sleep(0.5)  # Redis unreachable: the poll still catches cancels; resubscribe
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def state(self, request_id: str) -> str | None:
         return _text(await self.redis.hget(keys.request(request_id), "state"))

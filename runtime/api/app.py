@@ -31,6 +31,7 @@ from tiffin.exceptions import (
     NotFound,
     PayloadTooLarge,
     RequestError,
+    ServerFault,
     UpstreamFailed,
     UpstreamTimeout,
 )
@@ -140,7 +141,7 @@ async def _drain(app: web.Application) -> None:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Any:
-    """aiohttp's own errors (unknown path, wrong method) in OpenAI's shape too."""
+    """aiohttp's own errors (unknown path, wrong method) in OpenAI's shape too, and a bug as a 500 without detail."""
     rid = request.headers.get("X-Request-Id")
     try:
         return await handler(request)
@@ -150,6 +151,12 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
         return error_response(MethodNotAllowed(f"{request.method} is not allowed on {request.path}"), rid)
     except RequestError as exc:
         return error_response(exc, rid)
+    except (web.HTTPException, ConnectionError):
+        raise
+    except Exception as exc:
+        # A bug: its traceback goes to this log with the request id; the client (via the proxy) gets no detail.
+        log.error("unhandled_error", request_id=rid, path=request.path, exc_info=exc)
+        return error_response(ServerFault("the API server failed to handle this request"), rid)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -248,9 +255,8 @@ async def _forward(
             lease = await balancer.acquire(deadline)
         except NoRunner as exc:
             if unreachable is not None:
-                raise UpstreamFailed(
-                    f"runner {unreachable} could not be reached and no runner answered before the wait deadline"
-                ) from exc
+                # Which runner, and why, is in the log (runner_unreachable); the client learns no internal address.
+                raise UpstreamFailed("no runner could be reached before the wait deadline") from exc
             raise
         outcome.runner = lease.runner_id
         stats.runner_wait.observe(lease.waited_s)
@@ -264,7 +270,8 @@ async def _forward(
         except aiohttp.SocketTimeoutError as exc:
             _release(app, lease)
             stats.runner_failures.labels(lease.runner_id, "timeout").inc()
-            raise UpstreamTimeout(f"runner {lease.runner_id} did not start answering in time") from exc
+            log.warning("runner_timeout", request_id=rid, runner=lease.runner_id)
+            raise UpstreamTimeout("the runner did not start answering in time") from exc
         except aiohttp.ClientConnectionError as exc:
             _release(app, lease)
             balancer.suspect(lease.runner_id)
@@ -274,7 +281,7 @@ async def _forward(
             # A refused connection never reached an engine: retrying is free. A connection dropped after the
             # request was sent may have been this request's doing (a poison request), so it gets one retry only.
             if failures >= (_CONNECT_RETRIES if isinstance(exc, aiohttp.ClientConnectorError) else 2):
-                raise UpstreamFailed(f"runner {lease.runner_id} failed: {exc!r}") from exc
+                raise UpstreamFailed("the runner failed") from exc
             continue
         except BaseException:
             _release(app, lease)

@@ -98,7 +98,7 @@ class Stack:
         proc.wait_http(f"http://127.0.0.1:{port}/health")
         return proc, port
 
-    def start_proxy(self, deployment: str, replica_id: str, api_port: int) -> Proc:
+    def start_proxy(self, deployment: str, replica_id: str, api_port: int, **extra: str) -> Proc:
         """The sidecar of the API-server replica `replica_id` (its process is named `{replica_id}-proxy`)."""
         name = f"{replica_id}-proxy"
         proc = Proc.module(
@@ -109,6 +109,7 @@ class Stack:
                 TIFFIN_REPLICA_ID=replica_id,
                 TIFFIN_UPSTREAM_URL=f"http://127.0.0.1:{api_port}",
                 TIFFIN_DRAIN_TIMEOUT_S="5",
+                **extra,
             ),
             self.log_dir,
         )

@@ -13,9 +13,11 @@ from redis.asyncio import Redis
 
 from interceptor.app import admin_app, public_app
 from interceptor.auth import KeyGate
+from interceptor.config import EdgeSettings
 from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
+from interceptor.server import start_public
 from tiffin.config import Deployment
 from tiffin.frames import Frame
 from tiffin.queue import Delivery, DeploymentQueue
@@ -44,6 +46,17 @@ async def serving(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@asynccontextmanager
+async def serving_public(app: web.Application, settings: EdgeSettings) -> AsyncIterator[str]:
+    """Serve `app` as the public edge (interceptor.server) on a free loopback port; yields its base URL."""
+    runner = await start_public(app, "127.0.0.1", 0, None, settings)
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 @dataclass
 class Edge:
     """A running interceptor: its public and admin base URLs and the relay behind them."""
@@ -60,18 +73,21 @@ async def running_edge(
     interceptor_id: str = "edge-test",
     poll_s: float = 0.25,
     slot_lease_s: float = 30.0,
+    edge: EdgeSettings | None = None,
 ) -> AsyncIterator[Edge]:
-    """An interceptor as `python -m interceptor` wires it: keys loaded and polled, slots renewed."""
+    """An interceptor as `python -m interceptor` wires it: the public edge with its limits (`edge`), keys loaded
+    and polled, slots renewed, and the admin listener; in process on real sockets."""
     reader = ReplyReader(redis, interceptor_id)
     gate = KeyGate(redis, poll_s=poll_s, slot_lease_s=slot_lease_s)
     await gate.load()
-    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0, gate=gate)
+    settings = edge or EdgeSettings()
+    relay = Relay(redis, Router(deployments), reader, reply_gap_grace_s=5.0, gate=gate, edge=settings)
     await relay.ensure_queues()
     await reader.start()
     stop = asyncio.Event()
     keys_task = asyncio.create_task(gate.run(stop))
     try:
-        async with serving(public_app(relay)) as url, serving(admin_app(relay, redis)) as admin:
+        async with serving_public(public_app(relay), settings) as url, serving(admin_app(relay, redis)) as admin:
             yield Edge(url, admin, relay)
     finally:
         stop.set()

@@ -71,3 +71,12 @@ async def test_unreachable_redis_answers_503_with_a_clear_error() -> None:
                     assert "redis is unreachable" in error["message"]
     finally:
         await unreachable.aclose()
+
+
+async def test_the_admin_listener_names_no_server_version(redis: Redis) -> None:
+    async with (
+        running_edge(redis, [deployment("smollm2")]) as edge,
+        aiohttp.ClientSession() as http,
+        http.get(edge.admin + "/healthz") as resp,
+    ):
+        assert resp.headers["Server"] == "tiffin"

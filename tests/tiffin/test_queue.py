@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -185,6 +186,35 @@ async def test_cancel_even_if_taken_cancels_a_taken_request(queue: DeploymentQue
 
     assert await queue.cancel("r1", entry_id, even_if_taken=True) == "cancelled"
     assert await queue.state("r1") == "cancelled"
+
+
+async def test_cancelling_a_request_a_proxy_holds_is_pushed_to_that_deployments_proxies(
+    queue: DeploymentQueue,
+) -> None:
+    stop = asyncio.Event()
+    heard: list[str] = []
+    heard_one = asyncio.Event()
+
+    def on_cancel(request_id: str) -> None:
+        heard.append(request_id)
+        heard_one.set()
+
+    listener = asyncio.create_task(queue.cancellations(stop, on_cancel))
+    queued = await queue.enqueue(envelope("queued"), max_waiting=10, ttl_s=TTL_S)
+    held = await queue.enqueue(envelope("held"), max_waiting=10, ttl_s=TTL_S)
+    await queue.take("held", "proxy-1")
+    # Subscribed once a publish reaches it: keep cancelling the held one until the listener hears.
+    async with asyncio.timeout(10):
+        await queue.cancel("queued", queued, even_if_taken=True)  # never reached a proxy: nothing to push
+        while not heard_one.is_set():
+            await queue.redis.hset(keys.request("held"), "state", "taken")
+            await queue.cancel("held", held, even_if_taken=True)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await heard_one.wait()
+    stop.set()
+    await listener
+    assert set(heard) == {"held"}
 
 
 async def test_cancel_of_a_started_request_needs_even_if_taken(queue: DeploymentQueue, redis: Redis) -> None:
