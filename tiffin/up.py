@@ -157,7 +157,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             first = deployments[0]
             auth = ""
             if first.auth.require_api_key:
-                auth = f"-H 'Authorization: Bearer {new_keys.get(first.name, '$TIFFIN_API_KEY')}' "
+                # Double quotes: a shell expands $TIFFIN_API_KEY in them (later runs cannot show the key).
+                auth = f'-H "Authorization: Bearer {new_keys.get(first.name, "$TIFFIN_API_KEY")}" '
             say(
                 f"try:   curl {tls.curl_flag()}{endpoint}/chat/completions {auth}"
                 "-H 'content-type: application/json' -d "

@@ -4,6 +4,7 @@ running, a running tiffin honours new and revoked keys, and no key is ever writt
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -122,7 +123,11 @@ def test_tiffin_up_shows_a_first_key_once_and_honours_keys_made_and_revoked_whil
     try:
         up.wait_for_line("ready: echo", timeout_s=120)
         first = up.api_key("echo")
-        assert f"-H 'Authorization: Bearer {first}'" in up.wait_for_line("try:   curl", timeout_s=10)
+        # The printed try: line works as printed, in a shell.
+        try_line = up.wait_for_line("try:   curl", timeout_s=10).split("try:", 1)[1]
+        assert f'-H "Authorization: Bearer {first}"' in try_line
+        tried = subprocess.run(["bash", "-c", try_line], capture_output=True, text=True, timeout=60)
+        assert json.loads(tried.stdout)["choices"][0]["message"]["content"] == "echo: Hello!", tried.stderr
         assert answers(up, first)
         assert not answers(up, "unused")
         server = json.loads((state / "redis" / SERVER_FILE).read_text())
@@ -158,7 +163,12 @@ def test_tiffin_up_shows_a_first_key_once_and_honours_keys_made_and_revoked_whil
         out = again.proc.log()
         assert "shown only now" not in out and KEY.search(out) is None
         assert f"echo: 1 API key(s) exist; `tiffin keys create echo --state-dir {state}`" in out
-        assert "-H 'Authorization: Bearer $TIFFIN_API_KEY'" in out
+        # Its try: line takes the key from the environment, as the user keeps it.
+        try_line = again.wait_for_line("try:   curl", timeout_s=10).split("try:", 1)[1]
+        assert '-H "Authorization: Bearer $TIFFIN_API_KEY"' in try_line
+        tried = subprocess.run(["bash", "-c", try_line], capture_output=True, text=True, timeout=60,
+                               env={**os.environ, "TIFFIN_API_KEY": first})  # fmt: skip
+        assert json.loads(tried.stdout)["choices"][0]["message"]["content"] == "echo: Hello!", tried.stderr
         assert answers(again, first)
     finally:
         assert again.proc.stop(timeout_s=90) == 0
