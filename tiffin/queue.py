@@ -2,22 +2,26 @@
 
 Each request has a state hash (`keys.request`) next to its stream entry. Transitions are atomic scripts:
 
-    queued --take--> taken --start (head frame written)--> started --finish--> (entry deleted)
+    queued --take--> taken --start (head frame written, by its owner only)--> started --finish--> (entry deleted)
        \\--cancel (client gone / wait deadline)--> cancelled: proxies acknowledge and skip it
-    taken --release (its API server turned it away unserved)--> queued again, under a new entry id
+    taken --release (its API server turned it away unserved, or died before a reply byte)--> queued again
 
 A taken-but-not-started entry whose proxy died is delivered again; a started one is answered with an error
 frame instead, because reply bytes may already have reached the client.
+
+At most once at the runner: the API server saves a non-streamed answer (`keys.result`) before it replies, so a
+replica that takes the request again (`take` says 'done') answers from that record instead of running it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -73,13 +77,28 @@ end
 return st
 """
 
+# KEYS: request state, saved result. 'done': taken, and a runner already answered it (answer from the record).
 _TAKE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st == 'queued' or st == 'taken' then
   redis.call('HSET', KEYS[1], 'state', 'taken', 'owner', ARGV[1], 'taken_ms', ARGV[2])
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'done' end
   return 'taken'
 end
 return st
+"""
+
+# Fenced start: only the request's current owner, and only while it is 'taken', writes the head frame. A proxy
+# wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
+# KEYS: request state, reply stream. ARGV: owner, reply stream maxlen, head frame fields...
+_START = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'taken' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return 'lost'
+end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'state', 'started')
+return 'started'
 """
 
 # Claim one pending entry only if ARGV[4] still owns it: a racing reclaimer that got there first has
@@ -112,6 +131,27 @@ redis.call('HSET', KEYS[2], 'state', 'queued', 'entry', id)
 redis.call('HDEL', KEYS[2], 'owner', 'taken_ms')
 return id
 """
+
+
+StartOutcome = Literal["started", "gone", "lost"]
+
+
+@dataclass(frozen=True)
+class SavedResult:
+    """A runner's whole non-streamed answer to one request, as its API server relayed it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def save_result(redis: Redis, request_id: str, result: SavedResult, ttl_s: float) -> None:
+    """Record a runner's answer before relaying it (the API server's side of at-most-once), kept `ttl_s`."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.result(request_id), mapping={"status": result.status, "headers": json.dumps(result.headers),
+                                                    "body": result.body})  # fmt: skip
+        pipe.expire(keys.result(request_id), max(1, int(ttl_s)))
+        await pipe.execute()
 
 
 def now_ms() -> int:
@@ -153,6 +193,7 @@ class DeploymentQueue:
         self._take = redis.register_script(_TAKE)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._start = redis.register_script(_START)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -240,8 +281,9 @@ class DeploymentQueue:
         return out
 
     async def take(self, request_id: str, consumer: str) -> str | None:
-        """Claim the request for serving; anything but 'taken' means skip it (see module docstring)."""
-        state = await self._take(keys=[keys.request(request_id)], args=[consumer, now_ms()])
+        """Claim the request for serving: 'taken' to serve it, 'done' to answer it from `saved_result` (a runner
+        answered it already); anything else means skip it (see module docstring)."""
+        state = await self._take(keys=[keys.request(request_id), keys.result(request_id)], args=[consumer, now_ms()])
         return _text(state)
 
     async def cancellations(self, stop: asyncio.Event, on_cancel: Callable[[str], None]) -> None:
@@ -269,18 +311,29 @@ class DeploymentQueue:
         """The consumer that last took the request."""
         return _text(await self.redis.hget(keys.request(request_id), "owner"))
 
-    async def start(self, envelope: Envelope, head: Frame) -> bool:
+    async def start(self, envelope: Envelope, head: Frame) -> StartOutcome:
         """Write the head frame and mark the request started, atomically: from here it is never replayed.
 
-        Returns False if the interceptor's reply stream is gone (that interceptor died: nobody will read).
+        Only the request's owner (the consumer that signs `head`) may. 'gone': the interceptor's reply stream is
+        gone (that interceptor died: nobody will read). 'lost': the request is no longer the signer's to answer
+        (cancelled, or reclaimed by another replica that thought this one dead).
         """
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.request(envelope.request_id), "state", "started")
-            pipe.xadd(envelope.reply_to, head.to_fields(),  # type: ignore[arg-type]
-                      maxlen=REPLY_STREAM_MAXLEN, approximate=True,
-                      nomkstream=True)  # fmt: skip
-            _, written = await pipe.execute()
-        return written is not None
+        args: list[str | bytes | int] = [head.by, REPLY_STREAM_MAXLEN]
+        for name, value in head.to_fields().items():
+            args.extend((name, value))
+        outcome: Any = await self._start(keys=[keys.request(envelope.request_id), envelope.reply_to], args=args)
+        return cast(StartOutcome, _text(outcome))
+
+    async def count_drop(self, request_id: str) -> int:
+        """Count one API server lost under this request before any reply byte; returns the count so far."""
+        return int(await self.redis.hincrby(keys.request(request_id), "drops", 1))
+
+    async def saved_result(self, request_id: str) -> SavedResult | None:
+        """The answer a runner already gave this request, saved by its API server (None if there is none)."""
+        raw: Any = await self.redis.hgetall(keys.result(request_id))
+        if not raw:
+            return None
+        return SavedResult(int(raw[b"status"]), json.loads(raw[b"headers"]), bytes(raw[b"body"]))
 
     async def release(self, delivery: Delivery, consumer: str) -> bytes | None:
         """Queue a taken, unstarted request again for another replica; returns its new entry id (None: not ours).
@@ -311,11 +364,14 @@ class DeploymentQueue:
         """Whether the interceptor behind `reply_to` is still there to read a reply."""
         return bool(await self.redis.exists(reply_to))
 
-    async def finish(self, entry_id: bytes) -> None:
-        """Acknowledge and delete an entry: answered, skipped, or failed with an error frame."""
+    async def finish(self, entry_id: bytes, request_id: str | None = None) -> None:
+        """Acknowledge and delete an entry: answered, skipped, or failed with an error frame. With `request_id`,
+        its saved result goes too, in the same transaction: it was needed only until the entry was acknowledged."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.key, keys.GROUP, entry_id)
             pipe.xdel(self.key, entry_id)
+            if request_id is not None:
+                pipe.delete(keys.result(request_id))
             pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
             await pipe.execute()
 

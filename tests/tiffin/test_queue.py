@@ -13,8 +13,7 @@ from redis.asyncio import Redis
 from tiffin import keys
 from tiffin.exceptions import QueueFull
 from tiffin.frames import Envelope, Frame
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.queue import DeploymentQueue, SavedResult, save_result
 
 REPLY = keys.reply("interceptor-test")
 TTL_S = 120
@@ -313,28 +312,18 @@ async def test_start_writes_the_head_frame_and_marks_started(queue: DeploymentQu
     assert Frame.from_fields(entries[-1][1]) == head
 
 
-async def test_start_writes_state_and_head_in_one_transaction(
-    queue: DeploymentQueue, redis: Redis, redis_server: EmbeddedRedis
-) -> None:
+async def test_start_marks_started_and_writes_the_head_in_one_step(queue: DeploymentQueue, redis: Redis) -> None:
     await open_reply_stream(redis)
     env = envelope("r1")
     await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
     await queue.take("r1", "proxy-1")
-    observer = Redis.from_url(redis_server.url)
-    try:
-        async with observer.monitor() as monitor:
-            await queue.start(env, Frame.head("r1", "proxy-1", 200, {}))
-            seen: list[str] = []
-            async with asyncio.timeout(5):
-                while "EXEC" not in seen:
-                    command = await monitor.next_command()
-                    seen.append(str(command["command"]).split(" ", 1)[0].upper())
-    finally:
-        await observer.aclose()
+    head = Frame.head("r1", "proxy-1", 200, {"content-type": "application/json"})
 
-    # The two writes sit between one MULTI and its EXEC: no reader sees one without the other.
-    block = seen[seen.index("MULTI") :]
-    assert block == ["MULTI", "HSET", "XADD", "EXEC"]
+    assert await queue.start(env, head) == "started"
+
+    assert await queue.state("r1") == "started"
+    entries: Any = await redis.xrange(REPLY)
+    assert [Frame.from_fields(fields) for _, fields in entries if b"rid" in fields] == [head]
 
 
 async def test_start_never_recreates_a_missing_reply_stream(queue: DeploymentQueue, redis: Redis) -> None:
@@ -342,9 +331,95 @@ async def test_start_never_recreates_a_missing_reply_stream(queue: DeploymentQue
     await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
     await queue.take("r1", "proxy-1")
 
-    await queue.start(env, Frame.head("r1", "proxy-1", 200, {}))
+    assert await queue.start(env, Frame.head("r1", "proxy-1", 200, {})) == "gone"
 
     assert await redis.exists(REPLY) == 0
+    assert await queue.state("r1") == "taken"  # nothing was written, so nothing is marked
+
+
+async def test_only_the_current_owner_starts_a_reply(queue: DeploymentQueue, redis: Redis) -> None:
+    # proxy-1 was thought dead (its heartbeat lapsed in a stall) and proxy-2 took the request over.
+    await open_reply_stream(redis)
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    await queue.take("r1", "proxy-1")
+    await queue.take("r1", "proxy-2")
+
+    assert await queue.start(env, Frame.head("r1", "proxy-1", 200, {})) == "lost"
+    assert await queue.start(env, Frame.head("r1", "proxy-2", 200, {})) == "started"
+
+    entries: Any = await redis.xrange(REPLY)
+    assert [Frame.from_fields(f).by for _, f in entries if b"rid" in f] == ["proxy-2"]  # one answer only
+
+
+async def test_a_cancelled_request_is_never_started(queue: DeploymentQueue, redis: Redis) -> None:
+    await open_reply_stream(redis)
+    env = envelope("r1")
+    entry_id = await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    await queue.take("r1", "proxy-1")
+    await queue.cancel("r1", entry_id, even_if_taken=True)
+
+    assert await queue.start(env, Frame.head("r1", "proxy-1", 200, {})) == "lost"
+
+    assert await queue.state("r1") == "cancelled"
+    entries: Any = await redis.xrange(REPLY)
+    assert [f for _, f in entries if b"rid" in f] == []
+
+
+# --- saved results (at most once at the runner) -------------------------------------------------------------
+
+ANSWER = SavedResult(200, {"content-type": "application/json"}, b'{"answer": 42}')
+
+
+async def test_a_saved_result_makes_the_next_take_answer_from_it(queue: DeploymentQueue, redis: Redis) -> None:
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    assert await queue.take("r1", "proxy-1") == "taken"
+    await save_result(redis, "r1", ANSWER, ttl_s=60)  # its API server got the runner's answer, then died
+
+    assert await queue.take("r1", "proxy-2") == "done"
+    assert await queue.saved_result("r1") == ANSWER
+    assert await queue.owner("r1") == "proxy-2"  # its to relay, fenced like any other start
+
+
+async def test_a_saved_result_expires(redis: Redis) -> None:
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+
+    assert 0 < await redis.ttl(keys.result("r1")) <= 60
+
+
+async def test_finishing_an_answered_request_deletes_its_saved_result(queue: DeploymentQueue, redis: Redis) -> None:
+    await queue.ensure_group()
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=100)
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+
+    await queue.finish(delivery.entry_id, "r1")
+
+    assert await queue.saved_result("r1") is None
+    assert await redis.xlen(queue.key) == 0
+
+
+async def test_a_release_keeps_the_saved_result_for_the_next_taker(queue: DeploymentQueue, redis: Redis) -> None:
+    await queue.ensure_group()
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=100)
+    await queue.take("r1", "proxy-1")
+    await save_result(redis, "r1", ANSWER, ttl_s=60)  # the API server saved it and died before replying
+
+    assert await queue.release(delivery, "proxy-1") is not None
+    [again] = await queue.read("proxy-2", count=1, block_ms=100)
+
+    assert again.envelope.request_id == "r1"
+    assert await queue.take("r1", "proxy-2") == "done"
+
+
+async def test_drops_are_counted_per_request(queue: DeploymentQueue) -> None:
+    await queue.enqueue(envelope("r1"), max_waiting=10, ttl_s=TTL_S)
+
+    assert [await queue.count_drop("r1") for _ in range(3)] == [1, 2, 3]
 
 
 async def test_send_appends_frames_in_order(queue: DeploymentQueue, redis: Redis) -> None:
