@@ -17,6 +17,7 @@ from tiffin.frames import (
     QUEUE_MS_HEADER,
     REPLY_HEADERS,
     WAIT_DEADLINE_HEADER,
+    Envelope,
     Frame,
 )
 from tiffin.probe import wait_until_ok
@@ -36,6 +37,21 @@ class _ReplyGone(Exception):
 
 class _NotServed(Exception):
     """The API server did not take the request (unreachable, or shutting down): another replica should."""
+
+
+class _Dropped(Exception):
+    """The API server's connection dropped before its reply's head: it died, and the runner was never answered
+    through it (an answer a runner did give is in the saved result), so another replica serves the request."""
+
+
+class _Lost(Exception):
+    """The request is no longer this proxy's to answer (cancelled, or reclaimed by a replica that thought this
+    one dead): stop, and write nothing."""
+
+
+_MAX_DROPS = 3
+"""API servers a request may see die under it before any reply byte; past that it is likely the request's own
+doing (a poison request) and it is answered 502 instead of being offered to yet another replica."""
 
 
 class Proxy:
@@ -147,6 +163,9 @@ class Proxy:
             await self.queue.finish(delivery.entry_id)
             log.warning("abandoned_mid_reply", request_id=rid)
             return
+        if state == "done":
+            await self._answer_saved(delivery)
+            return
         if state != "taken":
             await self.queue.finish(delivery.entry_id)
             log.info("skipped", request_id=rid, state=state)
@@ -165,8 +184,13 @@ class Proxy:
             await self._watch_cancellation(rid, stream)
         finally:
             self._cancelled.pop(rid, None)
-            await self.queue.finish(delivery.entry_id)
-        if not stream.cancelled() and stream.result() == "released":
+            ending = stream.result() if stream.done() and not stream.cancelled() and not stream.exception() else None
+            if ending == "forwarded" or ending is None:
+                await self.queue.finish(delivery.entry_id, rid)  # answered or failed: its saved result can go too
+            elif ending == "lost" and await self.queue.owner(rid) == self.replica_id:
+                await self.queue.finish(delivery.entry_id)  # cancelled; a new owner acknowledges its entry itself
+            # "released": the release script acknowledged it, and a saved result must stay for the next taker
+        if ending in ("released", "lost"):
             return  # logged as such; another replica serves it
         log.info(
             "forwarded",
@@ -198,7 +222,7 @@ class Proxy:
                     await stream
                 return
 
-    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "released"]:
+    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "released", "lost"]:
         envelope = delivery.envelope
         rid = envelope.request_id
         if not self._upstream_ok.is_set():
@@ -219,8 +243,7 @@ class Proxy:
                         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
                         reply_headers[QUEUE_MS_HEADER] = str(queue_ms)
                         head = Frame.head(rid, self.replica_id, resp.status, reply_headers)
-                        if not await self.queue.start(envelope, head):
-                            raise _ReplyGone
+                        await self._start(envelope, head)
                         head_sent = True
                         async for data in resp.content.iter_chunked(CHUNK_MAX_BYTES):  # what is there, capped
                             if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
@@ -232,11 +255,28 @@ class Proxy:
                     if attempt == _CONNECT_RETRIES - 1:
                         raise _NotServed(f"unreachable: {exc}") from exc  # logged only, never sent to a client
                     await asyncio.sleep(0.5 * (attempt + 1))
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                    if head_sent:
+                        raise
+                    raise _Dropped(repr(exc)) from exc
         except _NotServed as exc:
             await self._hand_back(delivery, str(exc))
             return "released"
+        except _Dropped as exc:
+            # The API server died holding the request: its runner call was cut with it, and an answer the runner
+            # had already given was saved before the API server replied, so the next taker answers from that.
+            drops = await self.queue.count_drop(rid)
+            if drops >= _MAX_DROPS:
+                log.warning("upstream_failed", request_id=rid, head_sent=False, drops=drops, error=str(exc))
+                await self._fail(envelope.reply_to, rid, 502, "the API server failed", "upstream_failed")
+                return "forwarded"
+            await self._hand_back(delivery, f"API server lost before its reply: {exc}")
+            return "released"
         except _ReplyGone:
             log.warning("orphaned_mid_reply", request_id=rid, reply_to=envelope.reply_to)
+        except _Lost:
+            log.warning("lost_ownership", request_id=rid)  # its new owner answers; leaving stops the upstream call
+            return "lost"
         except TimeoutError:
             await self._fail(envelope.reply_to, rid, 504, "the API server did not answer in time", "upstream_timeout")
         except aiohttp.ClientError as exc:
@@ -245,6 +285,41 @@ class Proxy:
             log.warning("upstream_failed", request_id=rid, head_sent=head_sent, error=repr(exc))
             await self._fail(envelope.reply_to, rid, 502, "the API server failed", code)
         return "forwarded"
+
+    async def _start(self, envelope: Envelope, head: Frame) -> None:
+        """Write the head frame if the request is still ours and its interceptor still listens."""
+        outcome = await self.queue.start(envelope, head)
+        if outcome == "gone":
+            raise _ReplyGone
+        if outcome == "lost":
+            raise _Lost
+
+    async def _answer_saved(self, delivery: Delivery) -> None:
+        """A runner answered this request already (its first taker died before relaying it): relay that answer,
+        so the request does not run twice."""
+        envelope = delivery.envelope
+        rid = envelope.request_id
+        saved = await self.queue.saved_result(rid)
+        if saved is None:  # expired between take and read: too old to matter to anyone still waiting
+            await self._fail(envelope.reply_to, rid, 502, "the replica serving this request failed", "replica_failed")
+            await self.queue.finish(delivery.entry_id, rid)
+            return
+        try:
+            headers = {**saved.headers, QUEUE_MS_HEADER: str(now_ms() - envelope.enqueued_ms)}
+            await self._start(envelope, Frame.head(rid, self.replica_id, saved.status, headers))
+            for offset in range(0, len(saved.body), CHUNK_MAX_BYTES):
+                chunk = saved.body[offset : offset + CHUNK_MAX_BYTES]
+                if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, chunk)):
+                    raise _ReplyGone
+            await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
+            log.info("answered_from_saved_result", request_id=rid, status=saved.status)
+        except _ReplyGone:
+            log.warning("saved_result_not_relayed", request_id=rid, reason="interceptor gone")
+        except _Lost:
+            log.warning("saved_result_not_relayed", request_id=rid, reason="no longer ours")
+            if await self.queue.owner(rid) != self.replica_id:
+                return  # a new owner answers it from the same record
+        await self.queue.finish(delivery.entry_id, rid)
 
     async def _hand_back(self, delivery: Delivery, reason: str) -> None:
         """Back in the queue for another replica (its client keeps waiting, within its wait deadline); this proxy
