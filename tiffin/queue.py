@@ -90,11 +90,13 @@ return st
 
 # Fenced start: only the request's current owner, and only while it is 'taken', writes the head frame. A proxy
 # wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
+# The owner calling again (after an unknown outcome) is told 'started' without a second head frame.
 # KEYS: request state, reply stream. ARGV: owner, reply stream maxlen, head frame fields...
 _START = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'taken' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
-  return 'lost'
-end
+local st = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if st == 'started' and owner == ARGV[1] then return 'started' end
+if st ~= 'taken' or owner ~= ARGV[1] then return 'lost' end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 redis.call('HSET', KEYS[1], 'state', 'started')
@@ -114,6 +116,32 @@ if not claimed[1] then
   return {}
 end
 return claimed[1]
+"""
+
+
+# A whole non-streamed answer in one step: head, chunks and end written, the request marked started, its entry
+# acknowledged and its saved result dropped, all or nothing; so a retry after an unknown outcome (Redis lost the
+# connection mid-call) is safe: the owner finding it started already is told 'started' again, and nothing is
+# written twice. KEYS: request state, reply stream, queue, saved result, activity.
+# ARGV: owner, reply stream maxlen, group, entry id, now ms, frame count, then per frame: field count, fields...
+_ANSWER = """
+local st = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if st == 'started' and owner == ARGV[1] then return 'started' end
+if st ~= 'taken' or owner ~= ARGV[1] then return 'lost' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 1, i + n))
+  i = i + 1 + n
+end
+redis.call('HSET', KEYS[1], 'state', 'started')
+redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
+redis.call('XDEL', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[4])
+redis.call('SET', KEYS[5], ARGV[5])
+return 'started'
 """
 
 
@@ -194,6 +222,7 @@ class DeploymentQueue:
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._start = redis.register_script(_START)
+        self._answer = redis.register_script(_ANSWER)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -324,6 +353,25 @@ class DeploymentQueue:
         outcome: Any = await self._start(keys=[keys.request(envelope.request_id), envelope.reply_to], args=args)
         return cast(StartOutcome, _text(outcome))
 
+    async def answer(self, delivery: Delivery, frames: list[Frame]) -> StartOutcome:
+        """Write a whole answer (head, chunks, end: all signed by one consumer, its owner) and acknowledge it, in
+        one step: a client gets all of it or none, and a request answered is never delivered again.
+
+        Safe to call again after an unknown outcome. Outcomes as for `start`.
+        """
+        envelope = delivery.envelope
+        args: list[str | bytes | int] = [frames[0].by, REPLY_STREAM_MAXLEN, keys.GROUP, delivery.entry_id, now_ms(),
+                                         len(frames)]  # fmt: skip
+        for frame in frames:
+            fields = frame.to_fields()
+            args.append(2 * len(fields))
+            for name, value in fields.items():
+                args.extend((name, value))
+        script_keys = [keys.request(envelope.request_id), envelope.reply_to, self.key,
+                       keys.result(envelope.request_id), keys.activity(self.deployment)]  # fmt: skip
+        outcome: Any = await self._answer(keys=script_keys, args=args)
+        return cast(StartOutcome, _text(outcome))
+
     async def count_drop(self, request_id: str) -> int:
         """Count one API server lost under this request before any reply byte; returns the count so far."""
         return int(await self.redis.hincrby(keys.request(request_id), "drops", 1))
@@ -376,14 +424,13 @@ class DeploymentQueue:
             await pipe.execute()
 
     async def reclaim(self, consumer: str, is_alive: Callable[[str], Awaitable[bool]], count: int) -> list[Delivery]:
-        """Claim up to `count` pending entries whose consumer is no longer alive.
+        """Claim up to `count` pending entries whose consumer is no longer alive, and beyond that every one whose
+        reply had started: those need only their error frame, which must not wait for a free slot.
 
         Idle time alone is no sign of death (a healthy LLM stream can run for minutes), so ownership is
         judged by the owner's heartbeat; claiming only while the dead owner still holds the entry makes
         racing claimers safe.
         """
-        if count <= 0:
-            return []
         claimed: list[Delivery] = []
         verdicts: dict[str, bool] = {consumer: True}
         async for item in self._pending():
@@ -392,18 +439,50 @@ class DeploymentQueue:
                 verdicts[owner] = await is_alive(owner)
             if verdicts[owner]:
                 continue
+            if len(claimed) >= count and not await self._started(item["message_id"]):
+                continue  # left for a replica with a free slot (or this one, next round)
             entry: Any = await self._claim(keys=[self.key], args=[keys.GROUP, consumer, item["message_id"], owner])
             if not entry:  # taken by a racing reclaimer, or deleted while pending and now acknowledged
                 continue
             eid, flat = entry
             fields: Fields = dict(zip(flat[::2], flat[1::2], strict=True))
             claimed.extend(self._deliveries([(eid, fields)], redelivered=True))
-            if len(claimed) >= count:
-                break
         for owner, alive in verdicts.items():
             if not alive:
                 await self._drop_consumer_if_idle(owner)
         return claimed
+
+    async def _started(self, entry_id: bytes) -> bool:
+        """Whether the request of a pending entry has its reply under way."""
+        entries: Any = await self.redis.xrange(self.key, entry_id, entry_id)
+        if not entries:
+            return False
+        rid = entries[0][1].get(b"rid")
+        return rid is not None and await self.state(rid.decode()) == "started"
+
+    async def orphans(self, consumer: str, held: set[bytes], min_idle_ms: int, count: int) -> list[Delivery]:
+        """Entries still pending for `consumer` itself that it no longer works on (not in `held`): their task ended
+        without acknowledging them, as when Redis was unreachable at the end. Idle at least `min_idle_ms`, so one
+        just read and not yet handed to a task is left alone."""
+        if count <= 0:
+            return []
+        items: Any = await self.redis.xpending_range(
+            self.key, keys.GROUP, min="-", max="+", count=count, consumername=consumer, idle=min_idle_ms
+        )
+        ids = [bytes(item["message_id"]) for item in items if bytes(item["message_id"]) not in held]
+        if not ids:
+            return []
+        # Claiming resets the idle time, so the next pass does not pick them up again while they are served.
+        claimed: Any = await self.redis.xclaim(self.key, keys.GROUP, consumer, min_idle_ms, list[Any](ids))
+        out: list[Delivery] = []
+        for eid, fields in claimed:
+            if fields:
+                out.extend(self._deliveries([(eid, fields)], redelivered=True))
+        found = {bytes(eid) for eid, fields in claimed if fields}
+        gone = [eid for eid in ids if eid not in found]
+        if gone:  # deleted while pending (cancelled while queued): nothing left to serve
+            await self.redis.xack(self.key, keys.GROUP, *gone)
+        return out
 
     async def _pending(self, page: int = 100, max_pages: int = 50) -> AsyncIterator[Any]:
         """Pending entries, oldest first, page by page (live consumers may hold many ahead of a dead one)."""
