@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ class Result:
     first_event: asyncio.Event = field(default_factory=asyncio.Event)
     done: bool = False
     """A stream that ended with `data: [DONE]`, or a non-streamed answer read whole."""
+    ended_at: float = 0.0
+    """time.monotonic() when its reply ended (reported, never asserted)."""
 
     @property
     def expected(self) -> str:
@@ -103,15 +106,24 @@ async def until_holds_both(stack: Stack, consumer: str) -> None:
             await asyncio.sleep(0.05)  # observing another process's queue: no event to await
 
 
-async def until_runner_has_both(session: aiohttp.ClientSession, port: int, prefix: str) -> None:
-    """Wait until the runner on `port` has received a streamed and a non-streamed request of the workload."""
+async def until_runner_busy_with_both(session: aiohttp.ClientSession, port: int, prefix: str) -> None:
+    """Wait until the runner on `port` is in the middle of a streamed and a non-streamed request of the workload
+    (arrived, not yet completed)."""
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         while True:
-            tags = (await runner_records(session, [port], "arrivals")).keys()
-            kinds = {int(tag.rsplit("-", 1)[1]) % 2 == 0 for tag in tags if tag.startswith(prefix + "-")}
-            if len(kinds) == 2:
+            arrived = await runner_records(session, [port], "arrivals")
+            completed = await runner_records(session, [port], "completions")
+            running = [tag for tag in arrived if tag.startswith(prefix + "-") and tag not in completed]
+            if len({int(tag.rsplit("-", 1)[1]) % 2 == 0 for tag in running}) == 2:
                 return
             await asyncio.sleep(0.05)  # observing another process: no event to await
+
+
+def report_endings(results: list[Result], since: float) -> None:
+    """Print how long after the fault the streams it broke ended (for the record; timings are never asserted)."""
+    broken = [r.ended_at - since for r in results if r.stream and not r.correct]
+    if broken:
+        print(f"broken streams ended {min(broken):.1f}-{max(broken):.1f} s after the fault")
 
 
 def body_for(tag: str, stream: bool, delay_s: float) -> dict[str, Any]:
@@ -121,6 +133,13 @@ def body_for(tag: str, stream: bool, delay_s: float) -> dict[str, Any]:
 
 async def send(session: aiohttp.ClientSession, url: str, result: Result, delay_s: float) -> Result:
     """One request, read to its end; what it saw goes into `result`."""
+    try:
+        return await _send(session, url, result, delay_s)
+    finally:
+        result.ended_at = time.monotonic()
+
+
+async def _send(session: aiohttp.ClientSession, url: str, result: Result, delay_s: float) -> Result:
     body = body_for(result.tag, result.stream, delay_s)
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         async with session.post(url + "/v1/chat/completions", json=body) as resp:

@@ -7,6 +7,9 @@ and a retry then served) and checks at the runners that no request they complete
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +24,12 @@ from tests.faults.redeliver_support import (
     Result,
     Workload,
     account,
+    report_endings,
     runner_records,
     send,
     start_pair,
     until_holds_both,
-    until_runner_has_both,
+    until_runner_busy_with_both,
 )
 from tiffin import keys
 from tiffin.queue import Delivery, DeploymentQueue
@@ -43,8 +47,10 @@ async def test_a_killed_proxy_loses_no_request(
         work.start()
         await work.streams_under_way(2)
         await until_holds_both(pair.stack, "echo-api-1")
+        killed_at = time.monotonic()
         pair.stack.procs[pair.proxy_name("echo-api-1")].kill()
         results = await work.finish()
+        report_endings(results, killed_at)
         await account(pair, session, results, list(pair.runner_ports.values()))
     assert "reclaimed" in pair.stack.procs[pair.proxy_name("echo-api-2")].log()
 
@@ -75,8 +81,12 @@ async def test_a_runner_killed_mid_stream_ends_its_streams_with_an_error_event(
     async with aiohttp.ClientSession() as session:
         work = Workload(session, pair.stack.url, "runner")
         work.start()
-        await work.streams_under_way(2)
-        await until_runner_has_both(session, pair.runner_ports["echo-runner-1"], "runner")
+        await until_runner_busy_with_both(session, pair.runner_ports["echo-runner-1"], "runner")
+        # The runner and its engine die at once, as in a crash (the engine would otherwise get a SIGTERM on its
+        # runner's death and let its streams finish).
+        async with session.get(f"http://127.0.0.1:{pair.runner_ports['echo-runner-1']}/health") as resp:
+            engine_pid = (await resp.json())["pid"]
+        os.kill(engine_pid, signal.SIGKILL)
         pair.stack.procs["echo-runner-1"].kill()
         results = await work.finish()
         assert all(r.correct for r in results if not r.stream), [r for r in results if not r.stream]
