@@ -359,11 +359,23 @@ async def _save(request: web.Request, rid: str, status: int, headers: CIMultiDic
     settings = request.app[SETTINGS]
     kept = {k.lower(): v for k, v in headers.items() if k.lower() in REPLY_HEADERS}
     result = SavedResult(status, kept, body)
-    try:
-        await save_result(request.app[REDIS], rid, result, settings.result_ttl_s)
-    except (RedisError, OSError) as exc:
-        # Relay anyway: the client is waiting and its answer is here. Only a redelivery could run it again.
-        log.warning("result_not_saved", request_id=rid, error=str(exc) or repr(exc))
+    deadline = time.monotonic() + _SAVE_RIDE_OUT_S
+    pause = 0.2
+    while True:
+        try:
+            await save_result(request.app[REDIS], rid, result, settings.result_ttl_s)
+            return
+        except (RedisError, OSError) as exc:
+            if time.monotonic() + pause > deadline:
+                # Relay anyway: the answer is here. Only a redelivery of this request could run it again.
+                log.warning("result_not_saved", request_id=rid, error=str(exc) or repr(exc))
+                return
+            await asyncio.sleep(pause)  # Redis restarting: its proxy could not relay the answer before it is back
+            pause = min(pause * 2, 2.0)
+
+
+_SAVE_RIDE_OUT_S = 15.0
+"""How long saving an answer waits for an unreachable Redis (a restart) before the answer is relayed unsaved."""
 
 
 async def _broken(
