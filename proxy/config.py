@@ -23,9 +23,10 @@ class ProxySettings:
     upstream_url: str
     """TIFFIN_UPSTREAM_URL: the API server beside this sidecar (default http://127.0.0.1:8000)."""
     heartbeat_ttl_s: float
-    """TIFFIN_HEARTBEAT_TTL_S: a replica silent this long counts as dead; its requests are redelivered (10)."""
+    """TIFFIN_HEARTBEAT_TTL_S: a replica silent this long counts as dead; its requests are redelivered, or its
+    streams ended with their error event (4; it heartbeats every third of this)."""
     reclaim_interval_s: float
-    """TIFFIN_RECLAIM_INTERVAL_S: how often to look for requests held by dead replicas (2)."""
+    """TIFFIN_RECLAIM_INTERVAL_S: how often to look for requests held by dead replicas (1)."""
     drain_timeout_s: float
     """TIFFIN_DRAIN_TIMEOUT_S: on SIGTERM, how long in-flight requests may finish (default 120)."""
     ready_timeout_s: float
@@ -46,8 +47,8 @@ class ProxySettings:
             redis_url=redis_url(),
             replica_id=env_str("TIFFIN_REPLICA_ID", f"{os.uname().nodename}-{os.getpid()}-{uuid.uuid4().hex[:6]}"),
             upstream_url=env_str("TIFFIN_UPSTREAM_URL", "http://127.0.0.1:8000").rstrip("/"),
-            heartbeat_ttl_s=env_float("TIFFIN_HEARTBEAT_TTL_S", 10.0),
-            reclaim_interval_s=env_float("TIFFIN_RECLAIM_INTERVAL_S", 2.0),
+            heartbeat_ttl_s=env_positive("TIFFIN_HEARTBEAT_TTL_S", 4.0),
+            reclaim_interval_s=env_positive("TIFFIN_RECLAIM_INTERVAL_S", 1.0),
             drain_timeout_s=env_float("TIFFIN_DRAIN_TIMEOUT_S", 120.0),
             ready_timeout_s=env_float("TIFFIN_READY_TIMEOUT_S", 300.0),
             cancel_poll_s=env_positive("TIFFIN_CANCEL_POLL_S", 1.0),

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 import aiohttp
 import structlog
+from redis.exceptions import RedisError
 
 from tiffin.config import Deployment
 from tiffin.frames import (
@@ -17,10 +19,11 @@ from tiffin.frames import (
     QUEUE_MS_HEADER,
     REPLY_HEADERS,
     WAIT_DEADLINE_HEADER,
+    Envelope,
     Frame,
 )
 from tiffin.probe import wait_until_ok
-from tiffin.queue import Delivery, DeploymentQueue, now_ms
+from tiffin.queue import Delivery, DeploymentQueue, StartOutcome, now_ms
 from tiffin.registry import Registry
 
 log = structlog.get_logger("proxy")
@@ -36,6 +39,50 @@ class _ReplyGone(Exception):
 
 class _NotServed(Exception):
     """The API server did not take the request (unreachable, or shutting down): another replica should."""
+
+
+class _Dropped(Exception):
+    """The API server's connection dropped before its reply's head: it died, and the runner was never answered
+    through it (an answer a runner did give is in the saved result), so another replica serves the request."""
+
+
+class _Lost(Exception):
+    """The request is no longer this proxy's to answer (cancelled, or reclaimed by a replica that thought this
+    one dead): stop, and write nothing."""
+
+
+_WHOLE_MAX_BYTES = 8 * 1024 * 1024
+"""A non-streamed answer up to this size is written to the reply stream and acknowledged in one step; a larger
+one is streamed as it comes (head first), like a streamed answer."""
+
+_REDIS_RIDE_OUT_S = 30.0
+"""How long a proxy holding a runner's answer keeps trying to write it while Redis is unreachable (a restart)."""
+
+
+async def _riding_out_redis(call: Callable[[], Awaitable[StartOutcome]]) -> StartOutcome:
+    """`call()`, tried again with back-off while Redis is unreachable, for up to `_REDIS_RIDE_OUT_S`. Only for
+    calls that are safe to repeat after an unknown outcome (`start` and `answer` are: their owner is told
+    'started' again, and nothing is written twice)."""
+    deadline = time.monotonic() + _REDIS_RIDE_OUT_S
+    pause = 0.2
+    while True:
+        try:
+            return await call()
+        except (RedisError, OSError) as exc:
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("redis_unreachable_retrying", error=str(exc) or repr(exc))
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 2.0)
+
+
+_ORPHAN_IDLE_S = 5.0
+"""An entry pending for this proxy that no task of its serves (its task ended without acknowledging it, as when
+Redis was unreachable) is served again once idle this long."""
+
+_MAX_DROPS = 3
+"""API servers a request may see die under it before any reply byte; past that it is likely the request's own
+doing (a poison request) and it is answered 502 instead of being offered to yet another replica."""
 
 
 class Proxy:
@@ -62,6 +109,7 @@ class Proxy:
         self.concurrency = deployment.api.concurrency
         self.stopping = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
+        self._held: set[bytes] = set()  # entry ids a task of this proxy is serving
         self._capacity = asyncio.Event()
         self._capacity.set()
         self._upstream_ok = asyncio.Event()
@@ -79,6 +127,9 @@ class Proxy:
                 await self._until_upstream_healthy()
                 continue
             free = self.concurrency - self.busy
+            if free <= 0:  # reclaimed streams' error frames may briefly run beyond the concurrency
+                self._capacity.clear()
+                continue
             deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
             for delivery in deliveries:
                 self._spawn(delivery)
@@ -110,6 +161,11 @@ class Proxy:
                 for delivery in await self.queue.reclaim(self.replica_id, self.registry.is_alive, free):
                     log.info("reclaimed", request_id=delivery.envelope.request_id)
                     self._spawn(delivery)
+                free = self.concurrency - self.busy
+                idle_ms = int(_ORPHAN_IDLE_S * 1000)
+                for delivery in await self.queue.orphans(self.replica_id, self._held, idle_ms, free):
+                    log.info("reclaimed_own", request_id=delivery.envelope.request_id)
+                    self._spawn(delivery)
             except Exception as exc:  # reclaiming is best effort; the next round retries
                 log.warning("reclaim_failed", error=str(exc))
 
@@ -124,13 +180,16 @@ class Proxy:
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._handle(delivery), name=f"req-{delivery.envelope.request_id}")
         self._active.add(task)
+        self._held.add(delivery.entry_id)
+        task.add_done_callback(lambda _task: self._held.discard(delivery.entry_id))
         if self.busy >= self.concurrency:
             self._capacity.clear()
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._active.discard(task)
-        self._capacity.set()
+        if self.busy < self.concurrency:
+            self._capacity.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("request_task_failed", error=repr(task.exception()))
 
@@ -146,6 +205,9 @@ class Proxy:
             await self.queue.send(envelope.reply_to, Frame.fail(rid, owner, 502, message, "replica_failed"))
             await self.queue.finish(delivery.entry_id)
             log.warning("abandoned_mid_reply", request_id=rid)
+            return
+        if state == "done":
+            await self._answer_saved(delivery)
             return
         if state != "taken":
             await self.queue.finish(delivery.entry_id)
@@ -165,8 +227,13 @@ class Proxy:
             await self._watch_cancellation(rid, stream)
         finally:
             self._cancelled.pop(rid, None)
-            await self.queue.finish(delivery.entry_id)
-        if not stream.cancelled() and stream.result() == "released":
+            ending = stream.result() if stream.done() and not stream.cancelled() and not stream.exception() else None
+            if ending == "forwarded" or ending is None:
+                await self.queue.finish(delivery.entry_id, rid)  # answered or failed: its saved result can go too
+            elif ending == "lost" and await self.queue.owner(rid) == self.replica_id:
+                await self.queue.finish(delivery.entry_id)  # cancelled; a new owner acknowledges its entry itself
+            # "released": the release script acknowledged it, and a saved result must stay for the next taker
+        if ending in ("released", "lost"):
             return  # logged as such; another replica serves it
         log.info(
             "forwarded",
@@ -198,7 +265,7 @@ class Proxy:
                     await stream
                 return
 
-    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "released"]:
+    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "released", "lost"]:
         envelope = delivery.envelope
         rid = envelope.request_id
         if not self._upstream_ok.is_set():
@@ -219,10 +286,20 @@ class Proxy:
                         reply_headers = {k: resp.headers[k] for k in REPLY_HEADERS if k in resp.headers}
                         reply_headers[QUEUE_MS_HEADER] = str(queue_ms)
                         head = Frame.head(rid, self.replica_id, resp.status, reply_headers)
-                        if not await self.queue.start(envelope, head):
-                            raise _ReplyGone
+                        chunks = resp.content.iter_chunked(CHUNK_MAX_BYTES).__aiter__()  # what is there, capped
+                        first: list[bytes] = []
+                        if resp.content_type != "text/event-stream":
+                            first = await self._read_whole(chunks)
+                            if sum(map(len, first)) <= _WHOLE_MAX_BYTES:
+                                frames = [head, *(Frame.chunk(rid, self.replica_id, d) for d in first)]
+                                await self._answer(delivery, [*frames, Frame.end(rid, self.replica_id)])
+                                return "forwarded"
+                        await self._start(envelope, head)
                         head_sent = True
-                        async for data in resp.content.iter_chunked(CHUNK_MAX_BYTES):  # what is there, capped
+                        for data in first:
+                            if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
+                                raise _ReplyGone
+                        async for data in chunks:
                             if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
                                 raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
@@ -232,11 +309,28 @@ class Proxy:
                     if attempt == _CONNECT_RETRIES - 1:
                         raise _NotServed(f"unreachable: {exc}") from exc  # logged only, never sent to a client
                     await asyncio.sleep(0.5 * (attempt + 1))
+                except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
+                    if head_sent:
+                        raise
+                    raise _Dropped(repr(exc)) from exc
         except _NotServed as exc:
             await self._hand_back(delivery, str(exc))
             return "released"
+        except _Dropped as exc:
+            # The API server died holding the request: its runner call was cut with it, and an answer the runner
+            # had already given was saved before the API server replied, so the next taker answers from that.
+            drops = await self.queue.count_drop(rid)
+            if drops >= _MAX_DROPS:
+                log.warning("upstream_failed", request_id=rid, head_sent=False, drops=drops, error=str(exc))
+                await self._fail(envelope.reply_to, rid, 502, "the API server failed", "upstream_failed")
+                return "forwarded"
+            await self._hand_back(delivery, f"API server lost before its reply: {exc}")
+            return "released"
         except _ReplyGone:
             log.warning("orphaned_mid_reply", request_id=rid, reply_to=envelope.reply_to)
+        except _Lost:
+            log.warning("lost_ownership", request_id=rid)  # its new owner answers; leaving stops the upstream call
+            return "lost"
         except TimeoutError:
             await self._fail(envelope.reply_to, rid, 504, "the API server did not answer in time", "upstream_timeout")
         except aiohttp.ClientError as exc:
@@ -245,6 +339,59 @@ class Proxy:
             log.warning("upstream_failed", request_id=rid, head_sent=head_sent, error=repr(exc))
             await self._fail(envelope.reply_to, rid, 502, "the API server failed", code)
         return "forwarded"
+
+    @staticmethod
+    async def _read_whole(chunks: AsyncIterator[bytes]) -> list[bytes]:
+        """A non-streamed answer's chunks, up to just past `_WHOLE_MAX_BYTES` (the rest stays to be streamed)."""
+        out: list[bytes] = []
+        size = 0
+        async for data in chunks:
+            out.append(data)
+            size += len(data)
+            if size > _WHOLE_MAX_BYTES:
+                break
+        return out
+
+    async def _start(self, envelope: Envelope, head: Frame) -> None:
+        """Write the head frame if the request is still ours and its interceptor still listens."""
+        self._check(await _riding_out_redis(lambda: self.queue.start(envelope, head)))
+
+    async def _answer(self, delivery: Delivery, frames: list[Frame]) -> None:
+        """Write a whole answer and acknowledge it in one step (retried while Redis is briefly unreachable: a runner
+        answered, and losing that answer now would mean running the request again)."""
+        self._check(await _riding_out_redis(lambda: self.queue.answer(delivery, frames)))
+
+    @staticmethod
+    def _check(outcome: StartOutcome) -> None:
+        if outcome == "gone":
+            raise _ReplyGone
+        if outcome == "lost":
+            raise _Lost
+
+    async def _answer_saved(self, delivery: Delivery) -> None:
+        """A runner answered this request already (its first taker died before relaying it): relay that answer,
+        so the request does not run twice."""
+        envelope = delivery.envelope
+        rid = envelope.request_id
+        saved = await self.queue.saved_result(rid)
+        if saved is None:  # expired between take and read: too old to matter to anyone still waiting
+            await self._fail(envelope.reply_to, rid, 502, "the replica serving this request failed", "replica_failed")
+            await self.queue.finish(delivery.entry_id, rid)
+            return
+        try:
+            headers = {**saved.headers, QUEUE_MS_HEADER: str(now_ms() - envelope.enqueued_ms)}
+            frames = [Frame.head(rid, self.replica_id, saved.status, headers)]
+            for offset in range(0, len(saved.body), CHUNK_MAX_BYTES):
+                frames.append(Frame.chunk(rid, self.replica_id, saved.body[offset : offset + CHUNK_MAX_BYTES]))
+            await self._answer(delivery, [*frames, Frame.end(rid, self.replica_id)])
+            log.info("answered_from_saved_result", request_id=rid, status=saved.status)
+        except _ReplyGone:
+            log.warning("saved_result_not_relayed", request_id=rid, reason="interceptor gone")
+        except _Lost:
+            log.warning("saved_result_not_relayed", request_id=rid, reason="no longer ours")
+            if await self.queue.owner(rid) != self.replica_id:
+                return  # a new owner answers it from the same record
+        await self.queue.finish(delivery.entry_id, rid)
 
     async def _hand_back(self, delivery: Delivery, reason: str) -> None:
         """Back in the queue for another replica (its client keeps waiting, within its wait deadline); this proxy

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from tiffin.config import Deployment, load_deployments
-from tiffin.env import env_float, env_int, env_paths, env_str, redis_url
+from tiffin.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
 from tiffin.exceptions import ConfigError
 from tiffin.models import default_cache_dir
 
@@ -77,6 +77,12 @@ class ApiSettings(_Common):
     """TIFFIN_API_HOST; default 127.0.0.1."""
     port: int
     """TIFFIN_API_PORT; default 8000."""
+    result_ttl_s: float = 600.0
+    """TIFFIN_RESULT_TTL_S: how long a runner's non-streamed answer is kept in Redis for a replica that takes the
+    request again after its first taker died (normally deleted as soon as it is relayed); default 600."""
+    result_max_bytes: int = 8 * 1024 * 1024
+    """TIFFIN_RESULT_MAX_BYTES: larger non-streamed answers are relayed as they come, without being saved (so a
+    redelivery of such a request may run it again); default 8 MiB."""
 
     @classmethod
     def from_env(cls) -> ApiSettings:
@@ -84,6 +90,8 @@ class ApiSettings(_Common):
             **_common(),
             host=env_str("TIFFIN_API_HOST", "127.0.0.1"),
             port=env_int("TIFFIN_API_PORT", 8000),
+            result_ttl_s=env_positive("TIFFIN_RESULT_TTL_S", 600.0),
+            result_max_bytes=env_int("TIFFIN_RESULT_MAX_BYTES", 8 * 1024 * 1024),
         )
 
 

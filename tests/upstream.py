@@ -10,6 +10,7 @@ Replies say `echo: <last user message or prompt>`. Hooks come from the body fiel
     "status": int        answer with this HTTP status and an OpenAI error body
     "key": KEY           only labels the request in /_test/arrivals
 GET /_test/arrivals lists every request received ({"key", "at"}, the key of "hold_once" or "key");
+GET /_test/completions lists every request answered in full ({"key", "at"}: after the last byte of a reply);
 GET /_test/disconnects counts held requests (and floods) whose client went away. Every response carries
 `X-Upstream-Port: P`; GET /health also says the pid.
 """
@@ -116,7 +117,11 @@ async def generate(request: web.Request) -> web.StreamResponse:
         if delay:
             await asyncio.sleep(delay)
         prompt_tokens = len(json.dumps(body.get("messages", body.get("prompt", ""))).split())
-        return web.json_response(_completion(chat, rid, name, text, prompt_tokens))
+        reply = web.json_response(_completion(chat, rid, name, text, prompt_tokens))
+        await reply.prepare(request)
+        await reply.write_eof()
+        state["completions"].append({"key": key or hooks.get("key"), "at": time.time()})
+        return reply
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     for piece in [*_words(text), None]:
@@ -131,6 +136,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
     if linger:
         await asyncio.sleep(linger)  # a server whose close lags its last event, as vLLM's can
     await resp.write_eof()
+    state["completions"].append({"key": key or hooks.get("key"), "at": time.time()})
     return resp
 
 
@@ -158,13 +164,17 @@ async def arrivals(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE]["arrivals"])
 
 
+async def completions(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE]["completions"])
+
+
 async def disconnects(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE]["disconnects"])
 
 
 def create_app(port: int, name: str) -> web.Application:
     app = web.Application()
-    app[STATE] = {"name": name, "arrivals": [], "held": set(), "disconnects": 0}
+    app[STATE] = {"name": name, "arrivals": [], "held": set(), "disconnects": 0, "completions": []}
 
     async def identify(request: web.Request, response: web.StreamResponse) -> None:
         response.headers["X-Upstream-Port"] = str(port)
@@ -175,6 +185,7 @@ def create_app(port: int, name: str) -> web.Application:
     app.router.add_post("/v1/chat/completions", generate)
     app.router.add_post("/v1/completions", generate)
     app.router.add_get("/_test/arrivals", arrivals)
+    app.router.add_get("/_test/completions", completions)
     app.router.add_get("/_test/disconnects", disconnects)
     return app
 

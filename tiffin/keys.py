@@ -31,6 +31,12 @@ def request(request_id: str) -> str:
     return f"{PREFIX}:req:{request_id}"
 
 
+def result(request_id: str) -> str:
+    """Hash of a request's whole non-streamed answer (status, headers, body), written by the API server before it
+    replies: a replica that takes the request again answers from it instead of running it at a runner twice."""
+    return f"{PREFIX}:result:{request_id}"
+
+
 def replicas(deployment: str, component: Component) -> str:
     """Sorted set of ready replica ids, scored by the epoch-ms at which their heartbeat lapses."""
     return f"{PREFIX}:replicas:{deployment}:{component}"

@@ -2,22 +2,26 @@
 
 Each request has a state hash (`keys.request`) next to its stream entry. Transitions are atomic scripts:
 
-    queued --take--> taken --start (head frame written)--> started --finish--> (entry deleted)
+    queued --take--> taken --start (head frame written, by its owner only)--> started --finish--> (entry deleted)
        \\--cancel (client gone / wait deadline)--> cancelled: proxies acknowledge and skip it
-    taken --release (its API server turned it away unserved)--> queued again, under a new entry id
+    taken --release (its API server turned it away unserved, or died before a reply byte)--> queued again
 
 A taken-but-not-started entry whose proxy died is delivered again; a started one is answered with an error
 frame instead, because reply bytes may already have reached the client.
+
+At most once at the runner: the API server saves a non-streamed answer (`keys.result`) before it replies, so a
+replica that takes the request again (`take` says 'done') answers from that record instead of running it again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
@@ -73,13 +77,30 @@ end
 return st
 """
 
+# KEYS: request state, saved result. 'done': taken, and a runner already answered it (answer from the record).
 _TAKE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st == 'queued' or st == 'taken' then
   redis.call('HSET', KEYS[1], 'state', 'taken', 'owner', ARGV[1], 'taken_ms', ARGV[2])
+  if redis.call('EXISTS', KEYS[2]) == 1 then return 'done' end
   return 'taken'
 end
 return st
+"""
+
+# Fenced start: only the request's current owner, and only while it is 'taken', writes the head frame. A proxy
+# wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
+# The owner calling again (after an unknown outcome) is told 'started' without a second head frame.
+# KEYS: request state, reply stream. ARGV: owner, reply stream maxlen, head frame fields...
+_START = """
+local st = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if st == 'started' and owner == ARGV[1] then return 'started' end
+if st ~= 'taken' or owner ~= ARGV[1] then return 'lost' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('HSET', KEYS[1], 'state', 'started')
+return 'started'
 """
 
 # Claim one pending entry only if ARGV[4] still owns it: a racing reclaimer that got there first has
@@ -98,6 +119,32 @@ return claimed[1]
 """
 
 
+# A whole non-streamed answer in one step: head, chunks and end written, the request marked started, its entry
+# acknowledged and its saved result dropped, all or nothing; so a retry after an unknown outcome (Redis lost the
+# connection mid-call) is safe: the owner finding it started already is told 'started' again, and nothing is
+# written twice. KEYS: request state, reply stream, queue, saved result, activity.
+# ARGV: owner, reply stream maxlen, group, entry id, now ms, frame count, then per frame: field count, fields...
+_ANSWER = """
+local st = redis.call('HGET', KEYS[1], 'state')
+local owner = redis.call('HGET', KEYS[1], 'owner')
+if st == 'started' and owner == ARGV[1] then return 'started' end
+if st ~= 'taken' or owner ~= ARGV[1] then return 'lost' end
+if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
+local i = 7
+for _ = 1, tonumber(ARGV[6]) do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, i + 1, i + n))
+  i = i + 1 + n
+end
+redis.call('HSET', KEYS[1], 'state', 'started')
+redis.call('XACK', KEYS[3], ARGV[3], ARGV[4])
+redis.call('XDEL', KEYS[3], ARGV[4])
+redis.call('DEL', KEYS[4])
+redis.call('SET', KEYS[5], ARGV[5])
+return 'started'
+"""
+
+
 # Put a taken request back in the queue, unserved (its API server is shutting down and refused it).
 # KEYS: queue, request state. ARGV: group, entry id, consumer, fields... Only the request's owner may, and
 # only before a head frame: once started it can never be replayed. Returns the new entry id, or false.
@@ -112,6 +159,27 @@ redis.call('HSET', KEYS[2], 'state', 'queued', 'entry', id)
 redis.call('HDEL', KEYS[2], 'owner', 'taken_ms')
 return id
 """
+
+
+StartOutcome = Literal["started", "gone", "lost"]
+
+
+@dataclass(frozen=True)
+class SavedResult:
+    """A runner's whole non-streamed answer to one request, as its API server relayed it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+async def save_result(redis: Redis, request_id: str, result: SavedResult, ttl_s: float) -> None:
+    """Record a runner's answer before relaying it (the API server's side of at-most-once), kept `ttl_s`."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(keys.result(request_id), mapping={"status": result.status, "headers": json.dumps(result.headers),
+                                                    "body": result.body})  # fmt: skip
+        pipe.expire(keys.result(request_id), max(1, int(ttl_s)))
+        await pipe.execute()
 
 
 def now_ms() -> int:
@@ -153,6 +221,8 @@ class DeploymentQueue:
         self._take = redis.register_script(_TAKE)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._start = redis.register_script(_START)
+        self._answer = redis.register_script(_ANSWER)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -240,8 +310,9 @@ class DeploymentQueue:
         return out
 
     async def take(self, request_id: str, consumer: str) -> str | None:
-        """Claim the request for serving; anything but 'taken' means skip it (see module docstring)."""
-        state = await self._take(keys=[keys.request(request_id)], args=[consumer, now_ms()])
+        """Claim the request for serving: 'taken' to serve it, 'done' to answer it from `saved_result` (a runner
+        answered it already); anything else means skip it (see module docstring)."""
+        state = await self._take(keys=[keys.request(request_id), keys.result(request_id)], args=[consumer, now_ms()])
         return _text(state)
 
     async def cancellations(self, stop: asyncio.Event, on_cancel: Callable[[str], None]) -> None:
@@ -269,18 +340,48 @@ class DeploymentQueue:
         """The consumer that last took the request."""
         return _text(await self.redis.hget(keys.request(request_id), "owner"))
 
-    async def start(self, envelope: Envelope, head: Frame) -> bool:
+    async def start(self, envelope: Envelope, head: Frame) -> StartOutcome:
         """Write the head frame and mark the request started, atomically: from here it is never replayed.
 
-        Returns False if the interceptor's reply stream is gone (that interceptor died: nobody will read).
+        Only the request's owner (the consumer that signs `head`) may. 'gone': the interceptor's reply stream is
+        gone (that interceptor died: nobody will read). 'lost': the request is no longer the signer's to answer
+        (cancelled, or reclaimed by another replica that thought this one dead).
         """
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.request(envelope.request_id), "state", "started")
-            pipe.xadd(envelope.reply_to, head.to_fields(),  # type: ignore[arg-type]
-                      maxlen=REPLY_STREAM_MAXLEN, approximate=True,
-                      nomkstream=True)  # fmt: skip
-            _, written = await pipe.execute()
-        return written is not None
+        args: list[str | bytes | int] = [head.by, REPLY_STREAM_MAXLEN]
+        for name, value in head.to_fields().items():
+            args.extend((name, value))
+        outcome: Any = await self._start(keys=[keys.request(envelope.request_id), envelope.reply_to], args=args)
+        return cast(StartOutcome, _text(outcome))
+
+    async def answer(self, delivery: Delivery, frames: list[Frame]) -> StartOutcome:
+        """Write a whole answer (head, chunks, end: all signed by one consumer, its owner) and acknowledge it, in
+        one step: a client gets all of it or none, and a request answered is never delivered again.
+
+        Safe to call again after an unknown outcome. Outcomes as for `start`.
+        """
+        envelope = delivery.envelope
+        args: list[str | bytes | int] = [frames[0].by, REPLY_STREAM_MAXLEN, keys.GROUP, delivery.entry_id, now_ms(),
+                                         len(frames)]  # fmt: skip
+        for frame in frames:
+            fields = frame.to_fields()
+            args.append(2 * len(fields))
+            for name, value in fields.items():
+                args.extend((name, value))
+        script_keys = [keys.request(envelope.request_id), envelope.reply_to, self.key,
+                       keys.result(envelope.request_id), keys.activity(self.deployment)]  # fmt: skip
+        outcome: Any = await self._answer(keys=script_keys, args=args)
+        return cast(StartOutcome, _text(outcome))
+
+    async def count_drop(self, request_id: str) -> int:
+        """Count one API server lost under this request before any reply byte; returns the count so far."""
+        return int(await self.redis.hincrby(keys.request(request_id), "drops", 1))
+
+    async def saved_result(self, request_id: str) -> SavedResult | None:
+        """The answer a runner already gave this request, saved by its API server (None if there is none)."""
+        raw: Any = await self.redis.hgetall(keys.result(request_id))
+        if not raw:
+            return None
+        return SavedResult(int(raw[b"status"]), json.loads(raw[b"headers"]), bytes(raw[b"body"]))
 
     async def release(self, delivery: Delivery, consumer: str) -> bytes | None:
         """Queue a taken, unstarted request again for another replica; returns its new entry id (None: not ours).
@@ -311,23 +412,25 @@ class DeploymentQueue:
         """Whether the interceptor behind `reply_to` is still there to read a reply."""
         return bool(await self.redis.exists(reply_to))
 
-    async def finish(self, entry_id: bytes) -> None:
-        """Acknowledge and delete an entry: answered, skipped, or failed with an error frame."""
+    async def finish(self, entry_id: bytes, request_id: str | None = None) -> None:
+        """Acknowledge and delete an entry: answered, skipped, or failed with an error frame. With `request_id`,
+        its saved result goes too, in the same transaction: it was needed only until the entry was acknowledged."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xack(self.key, keys.GROUP, entry_id)
             pipe.xdel(self.key, entry_id)
+            if request_id is not None:
+                pipe.delete(keys.result(request_id))
             pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
             await pipe.execute()
 
     async def reclaim(self, consumer: str, is_alive: Callable[[str], Awaitable[bool]], count: int) -> list[Delivery]:
-        """Claim up to `count` pending entries whose consumer is no longer alive.
+        """Claim up to `count` pending entries whose consumer is no longer alive, and beyond that every one whose
+        reply had started: those need only their error frame, which must not wait for a free slot.
 
         Idle time alone is no sign of death (a healthy LLM stream can run for minutes), so ownership is
         judged by the owner's heartbeat; claiming only while the dead owner still holds the entry makes
         racing claimers safe.
         """
-        if count <= 0:
-            return []
         claimed: list[Delivery] = []
         verdicts: dict[str, bool] = {consumer: True}
         async for item in self._pending():
@@ -336,18 +439,50 @@ class DeploymentQueue:
                 verdicts[owner] = await is_alive(owner)
             if verdicts[owner]:
                 continue
+            if len(claimed) >= count and not await self._started(item["message_id"]):
+                continue  # left for a replica with a free slot (or this one, next round)
             entry: Any = await self._claim(keys=[self.key], args=[keys.GROUP, consumer, item["message_id"], owner])
             if not entry:  # taken by a racing reclaimer, or deleted while pending and now acknowledged
                 continue
             eid, flat = entry
             fields: Fields = dict(zip(flat[::2], flat[1::2], strict=True))
             claimed.extend(self._deliveries([(eid, fields)], redelivered=True))
-            if len(claimed) >= count:
-                break
         for owner, alive in verdicts.items():
             if not alive:
                 await self._drop_consumer_if_idle(owner)
         return claimed
+
+    async def _started(self, entry_id: bytes) -> bool:
+        """Whether the request of a pending entry has its reply under way."""
+        entries: Any = await self.redis.xrange(self.key, entry_id, entry_id)
+        if not entries:
+            return False
+        rid = entries[0][1].get(b"rid")
+        return rid is not None and await self.state(rid.decode()) == "started"
+
+    async def orphans(self, consumer: str, held: set[bytes], min_idle_ms: int, count: int) -> list[Delivery]:
+        """Entries still pending for `consumer` itself that it no longer works on (not in `held`): their task ended
+        without acknowledging them, as when Redis was unreachable at the end. Idle at least `min_idle_ms`, so one
+        just read and not yet handed to a task is left alone."""
+        if count <= 0:
+            return []
+        items: Any = await self.redis.xpending_range(
+            self.key, keys.GROUP, min="-", max="+", count=count, consumername=consumer, idle=min_idle_ms
+        )
+        ids = [bytes(item["message_id"]) for item in items if bytes(item["message_id"]) not in held]
+        if not ids:
+            return []
+        # Claiming resets the idle time, so the next pass does not pick them up again while they are served.
+        claimed: Any = await self.redis.xclaim(self.key, keys.GROUP, consumer, min_idle_ms, list[Any](ids))
+        out: list[Delivery] = []
+        for eid, fields in claimed:
+            if fields:
+                out.extend(self._deliveries([(eid, fields)], redelivered=True))
+        found = {bytes(eid) for eid, fields in claimed if fields}
+        gone = [eid for eid in ids if eid not in found]
+        if gone:  # deleted while pending (cancelled while queued): nothing left to serve
+            await self.redis.xack(self.key, keys.GROUP, *gone)
+        return out
 
     async def _pending(self, page: int = 100, max_pages: int = 50) -> AsyncIterator[Any]:
         """Pending entries, oldest first, page by page (live consumers may hold many ahead of a dead one)."""

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from runtime.api.balancer import Balancer, Lease
 from runtime.api.load import LoadReporter
@@ -35,8 +36,9 @@ from tiffin.exceptions import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from tiffin.frames import COMPLETION_PATHS, NOT_SERVED_HEADER, WAIT_DEADLINE_HEADER
+from tiffin.frames import COMPLETION_PATHS, NOT_SERVED_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER
 from tiffin.load import RunnerLoad
+from tiffin.queue import SavedResult, save_result
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
 
@@ -301,27 +303,79 @@ def _release(app: web.Application, lease: Lease) -> None:
 async def _relay(
     request: web.Request, upstream: aiohttp.ClientResponse, rid: str, outcome: _Outcome
 ) -> web.StreamResponse:
-    """Send the runner's head, then each chunk as it arrives."""
+    """Send the runner's head, then each chunk as it arrives (a non-streamed answer whole, saved first)."""
     headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS)
     headers["X-Request-Id"] = rid
+    chunks = upstream.content.iter_any().__aiter__()
+    first = b""
+    if upstream.content_type != "text/event-stream":
+        first, whole = await _read_answer(request, upstream, chunks, rid)
+        if whole:
+            await _save(request, rid, upstream.status, headers, first)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     outcome.status = upstream.status
     await resp.prepare(request)
-    chunks = upstream.content.iter_any().__aiter__()
+    data = first
     while True:
+        if data:
+            try:
+                await resp.write(data)
+            except ConnectionResetError:  # the client went away; releasing the upstream stops the generation
+                outcome.error = "client_gone"
+                return resp
         try:
-            chunk = await chunks.__anext__()
+            data = await chunks.__anext__()
         except StopAsyncIteration:
             break
         except (aiohttp.ClientError, TimeoutError) as exc:
             return await _broken(request, resp, upstream, rid, outcome, exc)
-        try:
-            await resp.write(chunk)
-        except ConnectionResetError:  # the client went away; releasing the upstream stops the generation
-            outcome.error = "client_gone"
-            return resp
     await resp.write_eof()
     return resp
+
+
+async def _read_answer(
+    request: web.Request, upstream: aiohttp.ClientResponse, chunks: AsyncIterator[bytes], rid: str
+) -> tuple[bytes, bool]:
+    """Read a non-streamed answer up to the saving limit: (bytes read, whether that is all of it).
+
+    Before its head goes out: a runner that fails now is answered 502 (nothing relayed yet, never replayed).
+    """
+    limit = request.app[SETTINGS].result_max_bytes
+    body = bytearray()
+    while len(body) <= limit:
+        try:
+            body += await chunks.__anext__()
+        except StopAsyncIteration:
+            return bytes(body), True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("runner_failed_mid_answer", request_id=rid, error=str(exc) or repr(exc))
+            raise UpstreamFailed("the runner failed") from exc
+    return bytes(body), False
+
+
+async def _save(request: web.Request, rid: str, status: int, headers: CIMultiDict[str], body: bytes) -> None:
+    """Save a runner's whole answer before relaying it: if this replica or its proxy dies before the answer is
+    acknowledged, the replica that takes the request again answers from this instead of running it twice."""
+    settings = request.app[SETTINGS]
+    kept = {k.lower(): v for k, v in headers.items() if k.lower() in REPLY_HEADERS}
+    result = SavedResult(status, kept, body)
+    deadline = time.monotonic() + _SAVE_RIDE_OUT_S
+    pause = 0.2
+    while True:
+        try:
+            await save_result(request.app[REDIS], rid, result, settings.result_ttl_s)
+            return
+        except (RedisError, OSError) as exc:
+            if time.monotonic() + pause > deadline:
+                # Relay anyway: the answer is here. Only a redelivery of this request could run it again.
+                log.warning("result_not_saved", request_id=rid, error=str(exc) or repr(exc))
+                return
+            await asyncio.sleep(pause)  # Redis restarting: its proxy could not relay the answer before it is back
+            pause = min(pause * 2, 2.0)
+
+
+_SAVE_RIDE_OUT_S = 15.0
+"""How long saving an answer waits for an unreachable Redis (a restart) before the answer is relayed unsaved."""
 
 
 async def _broken(

@@ -15,7 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from tests.runtime import NAME, Server, StartApi, chat, until
+from tiffin import keys
 from tiffin.frames import NOT_SERVED_HEADER
+from tiffin.queue import DeploymentQueue
 from tiffin.registry import Registry
 
 
@@ -273,3 +275,36 @@ async def test_a_waiting_request_is_served_once_a_runner_registers(
     assert not task.done()
     await registry.register("r1", {"url": runners[0].url, "concurrency": 2})
     assert await asyncio.wait_for(task, 10) == (200, str(runners[0].port))
+
+
+async def test_a_non_streamed_answer_is_saved_before_it_is_relayed(
+    start_api: StartApi, runners: list[Server], redis: Redis
+) -> None:
+    api = await start_api(env={"TIFFIN_RESULT_TTL_S": "90"})
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Request-Id": "saved-1"}
+        async with http.post(f"{api.url}/v1/chat/completions", json=chat("keep me"), headers=headers) as resp:
+            relayed = await resp.read()
+        saved = await DeploymentQueue(redis, NAME).saved_result("saved-1")
+        assert saved is not None
+        assert (saved.status, saved.body) == (200, relayed)
+        assert saved.headers["content-type"].startswith("application/json")
+        assert 0 < await redis.ttl(keys.result("saved-1")) <= 90
+
+        # A stream is never replayed once its head is out, so there is nothing to save.
+        headers = {"X-Request-Id": "streamed-1"}
+        async with http.post(f"{api.url}/v1/chat/completions", json=chat("s", stream=True), headers=headers) as resp:
+            await resp.read()
+        assert await redis.exists(keys.result("streamed-1")) == 0
+
+
+async def test_an_answer_over_the_saving_limit_is_relayed_whole_but_not_saved(
+    start_api: StartApi, runners: list[Server], redis: Redis
+) -> None:
+    api = await start_api(env={"TIFFIN_RESULT_MAX_BYTES": "16"})
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Request-Id": "big-1"}
+        async with http.post(f"{api.url}/v1/chat/completions", json=chat("a longer answer"), headers=headers) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["choices"][0]["message"]["content"] == "echo: a longer answer"
+    assert await redis.exists(keys.result("big-1")) == 0

@@ -13,8 +13,7 @@ from redis.asyncio import Redis
 from tiffin import keys
 from tiffin.exceptions import QueueFull
 from tiffin.frames import Envelope, Frame
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.queue import DeploymentQueue, SavedResult, save_result
 
 REPLY = keys.reply("interceptor-test")
 TTL_S = 120
@@ -313,28 +312,18 @@ async def test_start_writes_the_head_frame_and_marks_started(queue: DeploymentQu
     assert Frame.from_fields(entries[-1][1]) == head
 
 
-async def test_start_writes_state_and_head_in_one_transaction(
-    queue: DeploymentQueue, redis: Redis, redis_server: EmbeddedRedis
-) -> None:
+async def test_start_marks_started_and_writes_the_head_in_one_step(queue: DeploymentQueue, redis: Redis) -> None:
     await open_reply_stream(redis)
     env = envelope("r1")
     await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
     await queue.take("r1", "proxy-1")
-    observer = Redis.from_url(redis_server.url)
-    try:
-        async with observer.monitor() as monitor:
-            await queue.start(env, Frame.head("r1", "proxy-1", 200, {}))
-            seen: list[str] = []
-            async with asyncio.timeout(5):
-                while "EXEC" not in seen:
-                    command = await monitor.next_command()
-                    seen.append(str(command["command"]).split(" ", 1)[0].upper())
-    finally:
-        await observer.aclose()
+    head = Frame.head("r1", "proxy-1", 200, {"content-type": "application/json"})
 
-    # The two writes sit between one MULTI and its EXEC: no reader sees one without the other.
-    block = seen[seen.index("MULTI") :]
-    assert block == ["MULTI", "HSET", "XADD", "EXEC"]
+    assert await queue.start(env, head) == "started"
+
+    assert await queue.state("r1") == "started"
+    entries: Any = await redis.xrange(REPLY)
+    assert [Frame.from_fields(fields) for _, fields in entries if b"rid" in fields] == [head]
 
 
 async def test_start_never_recreates_a_missing_reply_stream(queue: DeploymentQueue, redis: Redis) -> None:
@@ -342,9 +331,139 @@ async def test_start_never_recreates_a_missing_reply_stream(queue: DeploymentQue
     await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
     await queue.take("r1", "proxy-1")
 
-    await queue.start(env, Frame.head("r1", "proxy-1", 200, {}))
+    assert await queue.start(env, Frame.head("r1", "proxy-1", 200, {})) == "gone"
 
     assert await redis.exists(REPLY) == 0
+    assert await queue.state("r1") == "taken"  # nothing was written, so nothing is marked
+
+
+async def test_only_the_current_owner_starts_a_reply(queue: DeploymentQueue, redis: Redis) -> None:
+    # proxy-1 was thought dead (its heartbeat lapsed in a stall) and proxy-2 took the request over.
+    await open_reply_stream(redis)
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    await queue.take("r1", "proxy-1")
+    await queue.take("r1", "proxy-2")
+
+    assert await queue.start(env, Frame.head("r1", "proxy-1", 200, {})) == "lost"
+    assert await queue.start(env, Frame.head("r1", "proxy-2", 200, {})) == "started"
+    assert await queue.start(env, Frame.head("r1", "proxy-2", 200, {})) == "started"  # again: no second head
+
+    entries: Any = await redis.xrange(REPLY)
+    assert [Frame.from_fields(f).by for _, f in entries if b"rid" in f] == ["proxy-2"]  # one answer only
+
+
+async def test_a_cancelled_request_is_never_started(queue: DeploymentQueue, redis: Redis) -> None:
+    await open_reply_stream(redis)
+    env = envelope("r1")
+    entry_id = await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    await queue.take("r1", "proxy-1")
+    await queue.cancel("r1", entry_id, even_if_taken=True)
+
+    assert await queue.start(env, Frame.head("r1", "proxy-1", 200, {})) == "lost"
+
+    assert await queue.state("r1") == "cancelled"
+    entries: Any = await redis.xrange(REPLY)
+    assert [f for _, f in entries if b"rid" in f] == []
+
+
+# --- saved results (at most once at the runner) -------------------------------------------------------------
+
+ANSWER = SavedResult(200, {"content-type": "application/json"}, b'{"answer": 42}')
+
+
+async def test_a_saved_result_makes_the_next_take_answer_from_it(queue: DeploymentQueue, redis: Redis) -> None:
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    assert await queue.take("r1", "proxy-1") == "taken"
+    await save_result(redis, "r1", ANSWER, ttl_s=60)  # its API server got the runner's answer, then died
+
+    assert await queue.take("r1", "proxy-2") == "done"
+    assert await queue.saved_result("r1") == ANSWER
+    assert await queue.owner("r1") == "proxy-2"  # its to relay, fenced like any other start
+
+
+async def test_a_saved_result_expires(redis: Redis) -> None:
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+
+    assert 0 < await redis.ttl(keys.result("r1")) <= 60
+
+
+async def test_finishing_an_answered_request_deletes_its_saved_result(queue: DeploymentQueue, redis: Redis) -> None:
+    await queue.ensure_group()
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=100)
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+
+    await queue.finish(delivery.entry_id, "r1")
+
+    assert await queue.saved_result("r1") is None
+    assert await redis.xlen(queue.key) == 0
+
+
+async def test_a_release_keeps_the_saved_result_for_the_next_taker(queue: DeploymentQueue, redis: Redis) -> None:
+    await queue.ensure_group()
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=100)
+    await queue.take("r1", "proxy-1")
+    await save_result(redis, "r1", ANSWER, ttl_s=60)  # the API server saved it and died before replying
+
+    assert await queue.release(delivery, "proxy-1") is not None
+    [again] = await queue.read("proxy-2", count=1, block_ms=100)
+
+    assert again.envelope.request_id == "r1"
+    assert await queue.take("r1", "proxy-2") == "done"
+
+
+async def test_an_answer_is_written_and_acknowledged_in_one_step(queue: DeploymentQueue, redis: Redis) -> None:
+    await queue.ensure_group()
+    await open_reply_stream(redis)
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=100)
+    await queue.take("r1", "proxy-1")
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+    frames = [Frame.head("r1", "proxy-1", 200, {"content-type": "application/json"}),
+              Frame.chunk("r1", "proxy-1", b'{"answer":'), Frame.chunk("r1", "proxy-1", b" 42}"),
+              Frame.end("r1", "proxy-1")]  # fmt: skip
+
+    assert await queue.answer(delivery, frames) == "started"
+    # Called again, as after a connection lost mid-call: told it is done, and nothing is written twice.
+    assert await queue.answer(delivery, frames) == "started"
+
+    entries: Any = await redis.xrange(REPLY)
+    assert [Frame.from_fields(f) for _, f in entries if b"rid" in f] == frames
+    assert await queue.state("r1") == "started"
+    assert await pending_owners(redis, queue) == {}  # acknowledged: never delivered again
+    assert await redis.xlen(queue.key) == 0
+    assert await queue.saved_result("r1") is None
+
+
+async def test_only_the_owner_answers_and_never_into_a_missing_reply_stream(
+    queue: DeploymentQueue, redis: Redis
+) -> None:
+    await queue.ensure_group()
+    env = envelope("r1")
+    await queue.enqueue(env, max_waiting=10, ttl_s=TTL_S)
+    [delivery] = await queue.read("proxy-1", count=1, block_ms=100)
+    await queue.take("r1", "proxy-1")
+    answer = [Frame.head("r1", "proxy-1", 200, {}), Frame.end("r1", "proxy-1")]
+
+    assert await queue.answer(delivery, answer) == "gone"
+    await open_reply_stream(redis)
+    assert await queue.answer(delivery, [Frame.head("r1", "proxy-2", 200, {}), Frame.end("r1", "proxy-2")]) == "lost"
+
+    entries: Any = await redis.xrange(REPLY)
+    assert [f for _, f in entries if b"rid" in f] == []
+    assert list((await pending_owners(redis, queue)).values()) == ["proxy-1"]  # still its to answer
+
+
+async def test_drops_are_counted_per_request(queue: DeploymentQueue) -> None:
+    await queue.enqueue(envelope("r1"), max_waiting=10, ttl_s=TTL_S)
+
+    assert [await queue.count_drop("r1") for _ in range(3)] == [1, 2, 3]
 
 
 async def test_send_appends_frames_in_order(queue: DeploymentQueue, redis: Redis) -> None:
@@ -470,6 +589,23 @@ async def test_reclaim_claims_at_most_count_entries(redis: Redis, queue: Deploym
     assert sorted((await pending_owners(redis, queue)).values()) == ["proxy-dead", "proxy-new", "proxy-new"]
 
 
+async def test_reclaim_takes_started_entries_beyond_count(redis: Redis, queue: DeploymentQueue) -> None:
+    # A dead proxy's streams under way need only their error frame: a reclaimer with no free slot still takes them.
+    await queue.ensure_group()
+    await open_reply_stream(redis)
+    for i in range(3):
+        await queue.enqueue(envelope(f"r{i}"), max_waiting=10, ttl_s=TTL_S)
+    await queue.read("proxy-dead", count=3, block_ms=100)
+    for rid in ("r0", "r2"):
+        await queue.take(rid, "proxy-dead")
+    await queue.start(envelope("r2"), Frame.head("r2", "proxy-dead", 200, {}))
+
+    claimed = await queue.reclaim("proxy-new", alive_except("proxy-dead"), count=0)
+
+    assert [d.envelope.request_id for d in claimed] == ["r2"]
+    assert sorted((await pending_owners(redis, queue)).values()) == ["proxy-dead", "proxy-dead", "proxy-new"]
+
+
 async def test_racing_reclaimers_never_claim_the_same_entry(redis: Redis, queue: DeploymentQueue) -> None:
     await queue.ensure_group()
     for round_no in range(5):
@@ -582,3 +718,25 @@ async def test_reclaim_finds_a_dead_consumers_entry_behind_many_live_ones(queue:
     claimed = await queue.reclaim("rescuer", alive_except("dead"), count=5)
     assert [d.envelope.request_id for d in claimed] == ["orphan"]
     assert all(d.redelivered for d in claimed)
+
+
+async def test_an_entry_its_own_consumer_no_longer_serves_is_found_once_idle(
+    queue: DeploymentQueue, redis: Redis
+) -> None:
+    # proxy-1's task for r1 ended without acknowledging it (Redis was unreachable); r2 it still serves.
+    await queue.ensure_group()
+    for rid in ("r1", "r2", "r3"):
+        await queue.enqueue(envelope(rid), max_waiting=10, ttl_s=TTL_S)
+    deliveries = await queue.read("proxy-1", count=3, block_ms=100)
+    by_rid = {d.envelope.request_id: d for d in deliveries}
+    await redis.xdel(queue.key, by_rid["r3"].entry_id)  # cancelled while pending: nothing left to serve
+    held = {by_rid["r2"].entry_id}
+
+    assert await queue.orphans("proxy-1", held, min_idle_ms=60_000, count=10) == []  # just read: left alone
+    await asyncio.sleep(0.05)  # the idle time is Redis's clock; a short pause is the only way to age an entry
+    orphans = await queue.orphans("proxy-1", held, min_idle_ms=10, count=10)
+
+    assert [(d.envelope.request_id, d.redelivered) for d in orphans] == [("r1", True)]
+    assert set((await pending_owners(redis, queue)).keys()) == {by_rid["r1"].entry_id, by_rid["r2"].entry_id}
+    # Claimed again just now: not found again while it is being served.
+    assert await queue.orphans("proxy-1", held, min_idle_ms=10_000, count=10) == []
