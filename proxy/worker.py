@@ -9,7 +9,9 @@ from typing import Any, Literal
 
 import aiohttp
 import structlog
+from redis.exceptions import RedisError
 
+from tiffin.backoff import Backoff, is_nogroup
 from tiffin.config import Deployment
 from tiffin.frames import (
     CHUNK_MAX_BYTES,
@@ -72,14 +74,24 @@ class Proxy:
         return len(self._active)
 
     async def consume(self) -> None:
-        """Read new entries while there is capacity, until `stopping` is set."""
+        """Read new entries while there is capacity, until `stopping` is set; through a Redis outage too."""
+        retry = Backoff("proxy_queue_read")
         while not self.stopping.is_set():
             await self._capacity.wait()
             if not self._upstream_ok.is_set():
                 await self._until_upstream_healthy()
                 continue
             free = self.concurrency - self.busy
-            deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
+            try:
+                deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                await retry.failed(exc, self.stopping)
+                if is_nogroup(exc):
+                    # Redis came back without the queue (its data lost): make the stream and its group again.
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.queue.ensure_group()
+                continue
+            retry.succeeded()
             for delivery in deliveries:
                 self._spawn(delivery)
 
