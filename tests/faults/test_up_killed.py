@@ -1,0 +1,74 @@
+"""SIGKILL of `tiffin up` itself: nothing it started outlives it, and a new `tiffin up` on the same state folder
+starts at once and serves (the requests under way when it died are lost with it, and say so)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from tests.e2e.conftest import wait_until
+from tests.e2e.up import Up
+from tests.faults.sup_support import (
+    account,
+    deployment,
+    kill_all,
+    launch,
+    pids_mentioning,
+    retry_failed,
+    session,
+    settle,
+)
+from tiffin.redis_server import SERVER_FILE, running_url
+
+
+def _port_listening(port: int) -> bool:
+    wanted = f":{port:04X} "
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(wanted.strip()) and fields[3] == "0A":  # 0A: LISTEN
+                return True
+    return False
+
+
+async def test_killing_tiffin_up_leaves_no_process_and_a_new_one_starts_on_the_same_state(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    state = tmp_path / "state"
+    first = Up([config], state, args=["--plain-http"], name="up-1")
+    second: Up | None = None
+    try:
+        first.wait_for_line("Ctrl-C stops", 180)
+        children = pids_mentioning(str(config), str(state))
+        # redis, scaler, interceptor, an API server with its proxy, a runner and its engine
+        assert len(children) >= 7, children
+        async with session() as http:
+            url = f"http://127.0.0.1:{first.port}"
+            tasks = launch(http, url, "before", 12, delay_s=0.2)
+            await asyncio.sleep(1.0)  # under load, not a synchronisation: the kill lands wherever they are
+            os.kill(first.proc.popen.pid, signal.SIGKILL)
+            first.proc.popen.wait()
+            outcomes = await settle(tasks)
+        # What was under way dies with the processes: its client sees the connection end (or had its answer),
+        # never a hang and never a 500.
+        assert all(o.kind in ("ok", "refused", "stream_error") or o.status == 0 for o in outcomes), outcomes
+
+        wait_until("every child of the killed tiffin up gone", lambda: not pids_mentioning(str(config), str(state)), 60)
+        assert not _port_listening(first.port) and not _port_listening(first.admin_port)
+        assert running_url(state / "redis") is None  # its server.json, if still there, names no live server
+
+        second = Up([config], state, args=["--plain-http"], name="up-2")
+        second.wait_for_line("Ctrl-C stops", 180)
+        assert (state / "redis" / SERVER_FILE).exists()
+        async with session() as http:
+            url = f"http://127.0.0.1:{second.port}"
+            after = await settle(launch(http, url, "after", 12))
+            account(after, {"ok"})
+            await retry_failed(http, url, outcomes)
+    finally:
+        for up in (first, second):
+            if up is not None:
+                up.proc.stop(60)
+        kill_all(pids_mentioning(str(config), str(state)))
+    assert not pids_mentioning(str(config), str(state))
