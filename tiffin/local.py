@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiffin.logfiles import LogPolicy, RotatingLog, finish_pump, pump
-from tiffin.parentdeath import parent_death_hook
+from tiffin.parentdeath import with_parent_death
 
 Say = Callable[[str], None]
 
@@ -93,9 +93,9 @@ class ManagedProcess:
         # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
         # Output goes through a pipe so that tiffin, not the child, bounds the log's size.
         self.process = await asyncio.create_subprocess_exec(
-            *self.spec.argv(), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-            preexec_fn=parent_death_hook(self.spec.death_signal),  # forked by the event loop's thread
+            # Started by the event loop's thread, which lives as long as tiffin up: see tiffin.parentdeath.
+            *with_parent_death(self.spec.argv(), self.spec.death_signal), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         self._spawned_at = time.monotonic()
         assert self.process.stdout is not None

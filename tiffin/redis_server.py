@@ -31,7 +31,7 @@ from typing import IO
 from redis.asyncio import Redis
 
 from tiffin.exceptions import RedisServerError, StateDirBusy
-from tiffin.parentdeath import parent_death_hook
+from tiffin.parentdeath import with_parent_death
 from tiffin.redis_conn import connect
 
 SERVER_FILE = "server.json"
@@ -157,9 +157,10 @@ class EmbeddedRedis:
         """Start and wait for PING. `StateDirBusy` as for `prepare`."""
         self.prepare(lock_wait_s)
         # umask: the append-only file and the log it writes are owner-only from their first byte.
-        self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, start_new_session=True, umask=0o077,
-                                        preexec_fn=parent_death_hook(signal.SIGTERM))  # fmt: skip
+        # It goes (flushing its data) if its owner dies; call from a thread that lives as long as the owner.
+        self.process = subprocess.Popen(with_parent_death(self.command(), signal.SIGTERM), stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                        umask=0o077)  # fmt: skip
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

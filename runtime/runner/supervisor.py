@@ -23,7 +23,7 @@ from runtime.runner.engine import engine_command, engine_env, has_gpu
 from tiffin.exceptions import ModelError
 from tiffin.load import RunnerLoad
 from tiffin.models import resolve_model
-from tiffin.parentdeath import parent_death_hook
+from tiffin.parentdeath import with_parent_death
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
 
@@ -98,7 +98,7 @@ class Supervisor:
             # without cleaning up (SIGKILL, or `tiffin up` gone), the engine gets SIGTERM, which vLLM answers by
             # stopping its own engine processes (SIGKILL would leave those behind).
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, start_new_session=True, preexec_fn=parent_death_hook(signal.SIGTERM)
+                *with_parent_death(argv, signal.SIGTERM), env=env, start_new_session=True
             )
         except OSError as exc:
             log.error("engine_spawn_failed", error=str(exc), command=argv)

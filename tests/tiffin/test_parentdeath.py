@@ -9,16 +9,16 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 from tests.procs import ROOT
+from tiffin.parentdeath import with_parent_death
 
 # The middle process: starts a long sleeper with the hook, says its pid, then waits to be killed.
 MIDDLE = """
 import signal, subprocess, sys, time
-from tiffin.parentdeath import parent_death_hook
-child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
-                         preexec_fn=parent_death_hook(getattr(signal, sys.argv[1])), start_new_session=True)
+from tiffin.parentdeath import with_parent_death
+argv = with_parent_death([sys.executable, "-c", "import time; time.sleep(600)"], getattr(signal, sys.argv[1]))
+child = subprocess.Popen(argv, start_new_session=True)
 print(child.pid, flush=True)
 sys.stdin.read()
 """
@@ -74,7 +74,9 @@ def test_a_parent_that_exits_normally_takes_the_child_too() -> None:
         assert _gone_within(child, 30)
 
 
-def test_the_hook_is_offered_on_linux() -> None:
-    from tiffin.parentdeath import parent_death_hook
-
-    assert parent_death_hook() is not None or not Path("/proc").exists()
+def test_the_launcher_runs_the_program_itself_in_the_same_process() -> None:
+    argv = with_parent_death([sys.executable, "-c", "import os, sys; print(os.getpid(), sys.argv[1:])", "a b", "c"])
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    assert out.split(" ", 1) == [str(proc.pid), "['a b', 'c']\n"]  # exec'd in place: same pid, arguments intact
