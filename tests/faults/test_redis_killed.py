@@ -1,7 +1,11 @@
 """SIGKILL of the embedded Redis under `tiffin up` with a workload running: tiffin restarts it (same port,
 password and append-only file), every component rides out the outage without crash-looping, what was queued
 before the kill is served after it, requests sent during the outage get a clear answer (never a 500), and
-the workload afterwards is all answered."""
+the workload afterwards is all answered.
+
+The answers during the outage are the interceptor's (503 with Retry-After from branch issue9-edge9); before that
+lands, the interceptor answers them 500 and this test says so.
+"""
 
 from __future__ import annotations
 

@@ -72,3 +72,18 @@ async def test_killing_tiffin_up_leaves_no_process_and_a_new_one_starts_on_the_s
                 up.proc.stop(60)
         kill_all(pids_mentioning(str(config), str(state)))
     assert not pids_mentioning(str(config), str(state))
+
+
+def test_a_closed_terminal_stops_tiffin_up_in_order(tmp_path: Path) -> None:
+    config = deployment(tmp_path)
+    state = tmp_path / "state"
+    up = Up([config], state, args=["--plain-http"])
+    try:
+        up.wait_for_line("Ctrl-C stops", 180)
+        os.kill(up.proc.popen.pid, signal.SIGHUP)  # what a closing terminal sends
+        assert up.proc.popen.wait(120) == 0
+        assert "tiffin: stopped" in up.proc.log()
+        assert not pids_mentioning(str(config), str(state))
+    finally:
+        up.proc.stop(60)
+        kill_all(pids_mentioning(str(config), str(state)))
