@@ -12,9 +12,12 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tiffin import keys
+from tiffin.backoff import Backoff
 from tiffin.frames import Frame
 
 log = structlog.get_logger("interceptor.replies")
+
+_RETRY_MAX_S = 0.5
 
 READ_BLOCK_MS = 2000
 # Frames per read: a reply frame can carry up to ~64 KB, so this bounds one read's memory (~6 MB) whatever the
@@ -123,6 +126,7 @@ class ReplyReader:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         refreshed = loop.time()
+        retry = Backoff("reply_reader", max_s=_RETRY_MAX_S)
         while True:
             try:
                 reply: Any = await self.redis.xread({self.key: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
@@ -140,10 +144,13 @@ class ReplyReader:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                log.warning("reply_reader_error", error=str(exc))
-                await asyncio.sleep(0.5)  # Redis unreachable: back off, then resume from the last id
+                # Redis unreachable (restarting): back off briefly, as replies must flow again as soon as it is
+                # back, then resume from the last id. Logged once per outage, not on every retry.
+                await retry.failed(exc)
                 with contextlib.suppress(RedisError, OSError):
                     await self._ensure_stream()
+                continue
+            retry.succeeded()
 
     def _dispatch(self, fields: dict[bytes, bytes]) -> None:
         if b"rid" not in fields:

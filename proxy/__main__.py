@@ -7,9 +7,11 @@ import signal
 import time
 
 import aiohttp
+from redis.exceptions import RedisError
 
 from proxy.config import ProxySettings
 from proxy.worker import Proxy
+from tiffin.backoff import Backoff
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError
 from tiffin.logs import setup_logging
@@ -34,7 +36,15 @@ async def serve(settings: ProxySettings) -> int:
     registry = Registry(redis, deployment.name, "api", settings.heartbeat_ttl_s)
     connector = aiohttp.TCPConnector(limit=deployment.api.concurrency + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
-        await queue.ensure_group()
+        # Started while Redis is down (or restarting): wait for it here rather than exit into a crash loop.
+        retry = Backoff("proxy_start")
+        while not stop.is_set():
+            try:
+                await queue.ensure_group()
+                break
+            except (RedisError, OSError) as exc:
+                await retry.failed(exc, stop)
+        retry.succeeded()
         health = settings.upstream_url + "/health"
         if not await wait_until_ok(session, health, stop, settings.ready_timeout_s):
             log.error("upstream_not_ready", upstream=settings.upstream_url)

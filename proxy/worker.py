@@ -12,6 +12,7 @@ import aiohttp
 import structlog
 from redis.exceptions import RedisError
 
+from tiffin.backoff import Backoff, is_nogroup
 from tiffin.config import Deployment
 from tiffin.frames import (
     CHUNK_MAX_BYTES,
@@ -31,6 +32,7 @@ log = structlog.get_logger("proxy")
 _READ_BLOCK_MS = 1000
 _CONNECT_RETRIES = 3
 _UPSTREAM_RECHECK_S = 0.5
+_OUTAGE_ATTEMPTS = 3  # a request is served again after at most this many Redis outages during its handling
 
 
 class _ReplyGone(Exception):
@@ -120,7 +122,8 @@ class Proxy:
         return len(self._active)
 
     async def consume(self) -> None:
-        """Read new entries while there is capacity, until `stopping` is set."""
+        """Read new entries while there is capacity, until `stopping` is set; through a Redis outage too."""
+        retry = Backoff("proxy_queue_read")
         while not self.stopping.is_set():
             await self._capacity.wait()
             if not self._upstream_ok.is_set():
@@ -130,7 +133,16 @@ class Proxy:
             if free <= 0:  # reclaimed streams' error frames may briefly run beyond the concurrency
                 self._capacity.clear()
                 continue
-            deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
+            try:
+                deliveries = await self.queue.read(self.replica_id, count=free, block_ms=_READ_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                await retry.failed(exc, self.stopping)
+                if is_nogroup(exc):
+                    # Redis came back without the queue (its data lost): make the stream and its group again.
+                    with contextlib.suppress(RedisError, OSError):
+                        await self.queue.ensure_group()
+                continue
+            retry.succeeded()
             for delivery in deliveries:
                 self._spawn(delivery)
 
@@ -178,7 +190,7 @@ class Proxy:
                 task.cancel()
 
     def _spawn(self, delivery: Delivery) -> None:
-        task = asyncio.create_task(self._handle(delivery), name=f"req-{delivery.envelope.request_id}")
+        task = asyncio.create_task(self._handle_through_outage(delivery), name=f"req-{delivery.envelope.request_id}")
         self._active.add(task)
         self._held.add(delivery.entry_id)
         task.add_done_callback(lambda _task: self._held.discard(delivery.entry_id))
@@ -192,6 +204,46 @@ class Proxy:
             self._capacity.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("request_task_failed", error=repr(task.exception()))
+
+    async def _handle_through_outage(self, delivery: Delivery) -> None:
+        """Serve a delivery; if Redis goes away meanwhile, settle it by its state once Redis is back.
+
+        Not yet started (queued or taken): served again from the top (the runner may then run it a second
+        time, if its first answer was lost with Redis). Started: bytes may have reached the client, so its
+        reply ends with an error event. Anything else (cancelled, answered): only acknowledged.
+        """
+        rid = delivery.envelope.request_id
+        for _attempt in range(_OUTAGE_ATTEMPTS):
+            try:
+                await self._handle(delivery)
+                return
+            except (RedisError, OSError) as exc:
+                log.warning("redis_lost_mid_request", request_id=rid, error=str(exc) or type(exc).__name__)
+            try:
+                state = await self._state_once_back(rid)
+                if state in ("queued", "taken"):
+                    continue
+                if state == "started":
+                    owner = await self.queue.owner(rid) or self.replica_id
+                    message = "the reply was cut short while tiffin's Redis restarted"
+                    frame = Frame.fail(rid, owner, 502, message, "replica_failed")
+                    await self.queue.send(delivery.envelope.reply_to, frame)
+                await self.queue.finish(delivery.entry_id)
+                return
+            except (RedisError, OSError):
+                continue  # gone again: the next attempt finds out where the request stands
+        log.error("request_abandoned_after_outages", request_id=rid)
+
+    async def _state_once_back(self, rid: str) -> str | None:
+        """The request's state as soon as Redis answers again (waits with back-off, as long as it takes)."""
+        retry = Backoff("proxy_request_state")
+        while True:
+            try:
+                state = await self.queue.state(rid)
+                retry.succeeded()
+                return state
+            except (RedisError, OSError) as exc:
+                await retry.failed(exc)
 
     async def _handle(self, delivery: Delivery) -> None:
         envelope = delivery.envelope
@@ -259,7 +311,11 @@ class Proxy:
             pushed.clear()
             if stream in done:
                 return
-            if await self.queue.state(rid) not in ("taken", "started"):
+            try:
+                state = await self.queue.state(rid)
+            except (RedisError, OSError):
+                continue  # Redis away: keep forwarding; the reply's own writes find out if it stays away
+            if state not in ("taken", "started"):
                 stream.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await stream

@@ -1,4 +1,10 @@
-"""Local processes: start tiffin's components as children, replace ones that crash, stop them in order."""
+"""Local processes: start tiffin's components as children, replace ones that crash, stop them in order.
+
+Every child gets a parent-death signal (tiffin.parentdeath): if `tiffin up` dies without stopping them, they go
+too. tiffin's own components get SIGKILL then: with their supervisor gone a drain cannot finish (its peers die
+at the same moment), would hold ports the next `tiffin up` needs, and what they keep lives in Redis, with
+heartbeats that lapse and a reclaim of what they had taken.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,19 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tiffin.logfiles import LogPolicy, RotatingLog, finish_pump, pump
+from tiffin.parentdeath import with_parent_death
 
 Say = Callable[[str], None]
 
 _BACKOFF_MAX_S = 30.0
+_STABLE_S = 60.0
+"""A spawn that ran this long was healthy: the next crash restarts after the first back-off step again."""
 _PUMP_GRACE_S = 2.0
 
 
@@ -30,9 +40,13 @@ class ProcessSpec:
     fresh_replica_id: bool = False
     """Give each spawn its own TIFFIN_REPLICA_ID (suffix -N): a restarted queue consumer must not inherit the
     name of its dead predecessor, or that one's pending requests would look owned by a live replica forever."""
+    command: tuple[str, ...] = ()
+    """A program to run instead of `python -m module` (the embedded redis-server)."""
+    death_signal: int = signal.SIGKILL
+    """What the child gets when `tiffin up` dies without stopping it (see the module docstring)."""
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", self.module]
+        return list(self.command) if self.command else [sys.executable, "-m", self.module]
 
 
 def tail(path: Path, lines: int) -> list[str]:
@@ -62,6 +76,7 @@ class ManagedProcess:
         self.spawns = 0
         self._wanted = False
         self._watcher: asyncio.Task[None] | None = None
+        self._spawned_at = 0.0
 
     async def start(self) -> None:
         self._wanted = True
@@ -78,9 +93,11 @@ class ManagedProcess:
         # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
         # Output goes through a pipe so that tiffin, not the child, bounds the log's size.
         self.process = await asyncio.create_subprocess_exec(
-            *self.spec.argv(), env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+            # Started by the event loop's thread, which lives as long as tiffin up: see tiffin.parentdeath.
+            *with_parent_death(self.spec.argv(), self.spec.death_signal), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
+        self._spawned_at = time.monotonic()
         assert self.process.stdout is not None
         self._pump = asyncio.create_task(pump(self.process.stdout, self._log), name=f"log-{self.spec.name}")
         self._pumps.add(self._pump)
@@ -90,6 +107,9 @@ class ManagedProcess:
         if self._pump is not None:
             await finish_pump(self._pump, _PUMP_GRACE_S)
 
+    async def _respawned(self) -> None:
+        """Called after each restart (not the first start); a subclass waits for readiness here."""
+
     async def _watch(self) -> None:
         backoff = 1.0
         while self._wanted and self.process is not None:
@@ -97,6 +117,8 @@ class ManagedProcess:
             if not self._wanted:
                 return
             self.restarts += 1
+            if time.monotonic() - self._spawned_at >= _STABLE_S:
+                backoff = 1.0  # a crash after a long healthy run is not a crash loop
             await self._drain_log()  # its last words, before they are shown
             self.say(f"{self.spec.name} exited with code {code}; restarting in {backoff:.0f}s (log: {self.log_path})")
             for line in tail(self.log_path, 5):
@@ -105,6 +127,7 @@ class ManagedProcess:
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
             if self._wanted:
                 await self._spawn()
+                await self._respawned()
 
     @property
     def running(self) -> bool:

@@ -16,7 +16,9 @@ import importlib.util
 import json
 import os
 import secrets
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -29,6 +31,7 @@ from typing import IO
 from redis.asyncio import Redis
 
 from tiffin.exceptions import RedisServerError, StateDirBusy
+from tiffin.parentdeath import with_parent_death
 from tiffin.redis_conn import connect
 
 SERVER_FILE = "server.json"
@@ -81,8 +84,12 @@ def free_port() -> int:
 class EmbeddedRedis:
     """A redis-server child process with its own data folder; `url` is set once it answers PING."""
 
-    def __init__(self, data_dir: Path, port: int = 0, log_file: Path | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int = 0, log_file: Path | None = None, log_to_stdout: bool = False
+    ) -> None:
         self.data_dir = data_dir
+        self.log_to_stdout = log_to_stdout
+        """Log to standard output (for a supervisor that keeps the log) instead of `log_file`."""
         self.port = port or free_port()
         self.log_file = log_file or data_dir / "redis.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -106,23 +113,52 @@ class EmbeddedRedis:
         """The URL as it may be printed (no password)."""
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, timeout_s: float = 15.0, lock_wait_s: float = 15.0) -> None:
-        """Start and wait for PING. `StateDirBusy` if another process keeps a server on this folder past
-        `lock_wait_s` (a `tiffin keys` command holds it for a moment; another `tiffin up` for good)."""
+    def command(self) -> list[str]:
+        """The server's command line (its settings are in a file: `prepare` writes it)."""
+        return [redis_server_binary(), str(self.data_dir / CONFIG_FILE)]
+
+    def prepare(self, lock_wait_s: float = 15.0) -> None:
+        """Take the data folder for this server and write its settings; a server left running on the folder by
+        an owner that died is stopped first (it keeps the same append-only file, which it flushes on SIGTERM).
+
+        `StateDirBusy` if another process keeps a server on this folder past `lock_wait_s` (a `tiffin keys`
+        command holds it for a moment; another `tiffin up` for good).
+        """
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data_dir.chmod(0o700)  # it holds prompts and answers (the append-only file) and the password
         self._take_lock(lock_wait_s)
-        stale = running_url(self.data_dir)
-        if stale is not None:  # left by an owner that was killed; two servers must never share the data
+        try:
+            self._stop_leftover()
+        except StateDirBusy:
             self._drop_lock()
-            info = _read_server_file(self.data_dir) or {}
-            raise StateDirBusy(
-                f"a redis-server from an earlier run still serves {self.data_dir} (pid {info.get('pid')}, {stale}); "
-                f"stop it (kill {info.get('pid')}) and start again"
-            )
-        config = self._write_config()
+            raise
+        self._write_config()
+
+    def _stop_leftover(self, timeout_s: float = 15.0) -> None:
+        """We hold the folder's lock, so a server still running on it lost its owner: stop it (two servers must
+        never share one append-only file). With tiffin's parent-death signal it is exiting already."""
+        info = _read_server_file(self.data_dir)
+        if info is None or not _is_server_of(info["pid"], self.data_dir):
+            return  # none, or a stale file whose pid now names some other process
+        pid = info["pid"]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, timeout_s):
+                os.kill(pid, signal.SIGKILL)
+                if not _wait_gone(pid, 5.0):
+                    raise StateDirBusy(
+                        f"a redis-server from an earlier run (pid {pid}) still serves {self.data_dir} and did "
+                        f"not stop; stop it (kill -9 {pid}) and start again"
+                    )
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / SERVER_FILE).unlink()
+
+    def start(self, timeout_s: float = 15.0, lock_wait_s: float = 15.0) -> None:
+        """Start and wait for PING. `StateDirBusy` as for `prepare`."""
+        self.prepare(lock_wait_s)
         # umask: the append-only file and the log it writes are owner-only from their first byte.
-        self.process = subprocess.Popen([redis_server_binary(), str(config)], stdin=subprocess.DEVNULL,
+        # It goes (flushing its data) if its owner dies; call from a thread that lives as long as the owner.
+        self.process = subprocess.Popen(with_parent_death(self.command(), signal.SIGTERM), stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                                         umask=0o077)  # fmt: skip
         deadline = time.monotonic() + timeout_s
@@ -134,11 +170,15 @@ class EmbeddedRedis:
                     f"(see {self.log_file})"
                 )
             if _ping(self.port, self.password):
-                self._write_server_file()
+                self.write_server_file(self.process.pid)
                 return
             time.sleep(0.05)  # a child process gives no readiness event; PING is the signal
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout_s:.0f}s")
+
+    async def answers(self) -> bool:
+        """Whether the server answers PING (with its password) now."""
+        return await asyncio.to_thread(_ping, self.port, self.password)
 
     def _write_config(self) -> Path:
         """The server's settings, in an owner-only file (the password must not be in its command line)."""
@@ -151,7 +191,7 @@ class EmbeddedRedis:
             "save": '""',
             "protected-mode": "yes",
             "daemonize": "no",
-            "logfile": _quoted(str(self.log_file)),
+            "logfile": '""' if self.log_to_stdout else _quoted(str(self.log_file)),
             "requirepass": self.password,
         }
         path = self.data_dir / CONFIG_FILE
@@ -181,13 +221,19 @@ class EmbeddedRedis:
             self._lock.close()  # closing the file releases the flock
             self._lock = None
 
-    def _write_server_file(self) -> None:
-        assert self.process is not None
+    def write_server_file(self, pid: int) -> None:
+        """Say where the server of this folder listens (pid `pid`), for other commands to find it."""
         path = self.data_dir / SERVER_FILE
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"pid": self.process.pid, "port": self.port, "owner_pid": os.getpid()}))
+        tmp.write_text(json.dumps({"pid": pid, "port": self.port, "owner_pid": os.getpid()}))
         tmp.chmod(0o600)
         tmp.replace(path)
+
+    def release(self) -> None:
+        """The server is stopped: nothing runs on the folder any more, and another owner may take it."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / SERVER_FILE).unlink()
+        self._drop_lock()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop it gracefully (SIGTERM flushes the append-only file)."""
@@ -226,6 +272,30 @@ def _ping(port: int, password: str) -> bool:
             return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
+
+
+def _is_server_of(pid: int, data_dir: Path) -> bool:
+    """Whether `pid` is a redis-server on this folder (not some other process that got its pid since).
+
+    Redis rewrites its process title, so its command line does not tell; it works in its data folder.
+    """
+    try:
+        return Path(os.readlink(f"/proc/{pid}/cwd")) == data_dir.resolve()
+    except OSError:
+        return False
+
+
+def _wait_gone(pid: int, timeout_s: float) -> bool:
+    """Wait until process `pid` (not our child) has exited; True if it did within `timeout_s`."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout_s)  # a pidfd turns readable when the process exits
+        return bool(readable)
+    finally:
+        os.close(fd)
 
 
 def _read_server_file(data_dir: Path) -> dict[str, int] | None:

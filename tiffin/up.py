@@ -30,6 +30,7 @@ from tiffin.models import default_cache_dir, resolve_model
 from tiffin.probe import wait_until_ok
 from tiffin.redact import safe_url
 from tiffin.redis_conn import connect
+from tiffin.redis_process import RedisProcess
 from tiffin.redis_server import EmbeddedRedis, free_port, redis_data_dir
 from tiffin.registry import Registry
 from tiffin.replicas import LocalReplicas
@@ -40,7 +41,9 @@ _SCALER_READY_S = 60.0
 
 
 def say(message: str) -> None:
-    print(f"tiffin: {message}", flush=True)
+    # A closed terminal makes writes fail; stopping in order matters more than the words.
+    with contextlib.suppress(OSError):
+        print(f"tiffin: {message}", flush=True)
 
 
 def _say_for(name: str, message: str) -> None:
@@ -93,15 +96,17 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         model = await asyncio.to_thread(resolve_model, dep.model, cache_dir, progress)
         say(f"{dep.name}: model {model.path}")
 
-    redis: EmbeddedRedis | None = None
+    redis: RedisProcess | None = None
     redis_url = os.environ.get("REDIS_URL")
     if redis_url:
         say(f"redis       external, {safe_url(redis_url)}")
     else:
-        redis = EmbeddedRedis(redis_data_dir(state_dir))
-        await asyncio.to_thread(redis.start)
-        redis_url = redis.url
-        say(f"redis       embedded, {redis.shown_url} (data and password: {redis.data_dir}, owner-only)")
+        embedded = EmbeddedRedis(redis_data_dir(state_dir), log_to_stdout=True)
+        redis = RedisProcess(embedded, log_dir, say, log_policy)
+        await redis.start()
+        redis_url = embedded.url
+        say(f"redis       embedded, {embedded.shown_url} (data and password: {embedded.data_dir}, owner-only; "
+            "restarted if it dies)")  # fmt: skip
 
     config_env = os.pathsep.join(str(p.resolve()) for p in args.configs)
     common = {"TIFFIN_CONFIG": config_env, "REDIS_URL": redis_url, "TIFFIN_CACHE_DIR": str(cache_dir)}
@@ -110,7 +115,9 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     client = connect(redis_url)
     stop, scaling_stop = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # A closed terminal (SIGHUP) stops in order too; if anything ends tiffin up without that, its children
+    # still go (tiffin.parentdeath).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(sig, stop.set)
     scaler_port = free_port()
     scaler = ScalerClient(f"127.0.0.1:{scaler_port}")
@@ -180,7 +187,7 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         await scaler.close()
         await client.aclose()
         if redis is not None:
-            await asyncio.to_thread(redis.stop)
+            await redis.stop()
         say("stopped")
 
 

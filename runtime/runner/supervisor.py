@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import aiohttp
@@ -24,6 +23,7 @@ from runtime.runner.engine import engine_command, engine_env, has_gpu
 from tiffin.exceptions import ModelError
 from tiffin.load import RunnerLoad
 from tiffin.models import resolve_model
+from tiffin.parentdeath import with_parent_death
 from tiffin.redis_conn import connect
 from tiffin.registry import Registry
 
@@ -41,16 +41,6 @@ DRAIN_MIN_S = 1.5
 DRAIN_POLL_S = 0.2
 DRAIN_CHECK_TIMEOUT_S = 2.0
 WARMUP_BODY_PROMPT = "Hello"
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """A pre-exec hook asking Linux to SIGTERM the engine if the runner dies without cleaning up (SIGKILL)."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before fork: the child only calls it
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-    return lambda: prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Supervisor:
@@ -104,9 +94,11 @@ class Supervisor:
         env = engine_env(dep, gpu, os.environ)
         log.info("engine_starting", command=argv, gpu=gpu, model=str(model.path))
         try:
-            # Its own process group, so stopping it also stops the workers vLLM spawns.
+            # Its own process group, so stopping it also stops the workers vLLM spawns. If this runner dies
+            # without cleaning up (SIGKILL, or `tiffin up` gone), the engine gets SIGTERM, which vLLM answers by
+            # stopping its own engine processes (SIGKILL would leave those behind).
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, env=env, start_new_session=True, preexec_fn=_parent_death_signal()
+                *with_parent_death(argv, signal.SIGTERM), env=env, start_new_session=True
             )
         except OSError as exc:
             log.error("engine_spawn_failed", error=str(exc), command=argv)

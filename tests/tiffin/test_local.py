@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
-from tiffin.local import ProcessSpec, Supervisor, tail
+import pytest
+
+from tiffin import local
+from tiffin.local import ManagedProcess, ProcessSpec, Supervisor, tail
 
 
 async def test_a_crashed_process_is_restarted_and_its_last_words_are_shown(tmp_path: Path) -> None:
@@ -34,3 +38,37 @@ def test_tail_returns_the_last_non_empty_lines(tmp_path: Path) -> None:
     log.write_text("a\n\nb\nc\n\n")
     assert tail(log, 2) == ["b", "c"]
     assert tail(tmp_path / "missing.log", 2) == []
+
+
+async def _restart_messages(tmp_path: Path, count: int) -> list[str]:
+    """The first `count` 'restarting in' messages of a program that always exits at once."""
+    said: list[str] = []
+    enough = asyncio.Event()
+
+    def say(message: str) -> None:
+        if "restarting in" in message:
+            said.append(message)
+            if len(said) >= count:
+                enough.set()
+
+    always = ProcessSpec("always", "", command=(sys.executable, "-c", "raise SystemExit(3)"))
+    proc = ManagedProcess(always, tmp_path, say)
+    await proc.start()
+    try:
+        await asyncio.wait_for(enough.wait(), 60)
+    finally:
+        await proc.stop()
+    return said[:count]
+
+
+async def test_a_crash_loop_backs_off_more_each_time(tmp_path: Path) -> None:
+    said = await _restart_messages(tmp_path, 2)
+    assert [m.split("restarting in ")[1].split(" ")[0] for m in said] == ["1s", "2s"]
+
+
+async def test_a_crash_after_a_healthy_run_restarts_after_the_first_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local, "_STABLE_S", 0.0)  # every run counts as a long healthy one
+    said = await _restart_messages(tmp_path, 3)
+    assert [m.split("restarting in ")[1].split(" ")[0] for m in said] == ["1s", "1s", "1s"]

@@ -67,3 +67,23 @@ def test_a_restart_keeps_the_password_and_the_data(tmp_path: Path) -> None:
     finally:
         second.stop()
     assert running_url(tmp_path / "redis") is None
+
+
+def test_a_server_left_by_an_owner_that_died_is_stopped_and_replaced(tmp_path: Path) -> None:
+    left = EmbeddedRedis(tmp_path / "redis")
+    left.start()
+    client = sync_redis.Redis.from_url(left.url)
+    client.set("kept", "yes")
+    client.close()
+    left._drop_lock()  # as when its owner dies: the lock goes with it, the server (an older tiffin's) stays
+    assert left.process is not None and left.process.poll() is None
+    successor = EmbeddedRedis(tmp_path / "redis")
+    successor.start()
+    try:
+        assert left.process.wait(10) is not None  # stopped by the successor (SIGTERM: it flushed its data)
+        client = sync_redis.Redis.from_url(successor.url)
+        assert client.get("kept") == b"yes"
+        client.close()
+    finally:
+        successor.stop()
+        left.stop()
