@@ -34,7 +34,11 @@ REPLY_STREAM_MAXLEN = 100_000
 # The waking mark holds the id of the request that started the cold start, so only that request ends it.
 # Returns false (full) or {entry id, 0 warm | 1 cold | 2 cold and this request started the wake}. The wake is
 # published in the same script as the enqueue, so a scaler's open StreamIsActive hears it at once.
+# Idempotent: a request whose state exists already was enqueued by an earlier try (a reply lost to a timeout,
+# then retried), so it is never queued twice; the earlier entry is returned as warm.
 _ENQUEUE = """
+local seen = redis.call('HGET', KEYS[2], 'entry')
+if seen then return {seen, 0} end
 local len = redis.call('XLEN', KEYS[1])
 local pending = 0
 local ok, info = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[2])
