@@ -81,6 +81,8 @@ class Outcome:
     detail: str | None = None
     delivered: bool = False
     """The client has the whole answer (an SSE stream's `[DONE]` went out), even if it hangs up first."""
+    sent: bool = False
+    """The response's last byte went out (or its cut was made on purpose): a cancellation after it changes nothing."""
     key_id: str | None = None
     """The id of the valid API key the request carried (never the key)."""
     error: str | None = None
@@ -146,7 +148,7 @@ class Relay:
             return response
         except (asyncio.CancelledError, ConnectionError):
             # Cancelled while its body arrived or it waited, or its connection failed under a write.
-            if not outcome.delivered and outcome.status != 499:
+            if not (outcome.delivered or outcome.sent) and outcome.status != 499:
                 outcome.status, outcome.detail = _ended_early(request)
             raise
         except Exception:
@@ -231,12 +233,13 @@ class Relay:
             if entry_id is not None:
                 withdrawn = True
                 await asyncio.shield(self._withdraw(queue, outcome.request_id, entry_id, deployment))
-            # Last: aborting the connection cancels this handler (handler_cancellation).
+            # Last: aborting the connection cancels this handler (handler_cancellation); the outcome stays as is.
+            outcome.sent = True
             if request.transport is not None:
                 request.transport.abort()  # drops what the transport still holds for this client, at once
             return slow.response
         except (asyncio.CancelledError, ConnectionResetError):
-            if outcome.delivered:
+            if outcome.delivered or outcome.sent:
                 # OpenAI clients close a stream as soon as they read `[DONE]`: that is a finished answer.
                 raise
             # The client went away: withdraw the request so no replica spends time on it.
@@ -404,12 +407,14 @@ class Relay:
                 # final chunk, so the client sees an incomplete response rather than a truncated success.
                 if request.transport is not None:
                     request.transport.close()
+                outcome.sent = True
                 return response
         try:
             async with inbox.writing(self.edge.write_timeout_s):
                 await response.write_eof()
         except TimeoutError as exc:
             raise _SlowReader(response) from exc
+        outcome.sent = True
         return response
 
     async def _write(self, response: web.StreamResponse, inbox: Inbox, data: bytes) -> None:
