@@ -39,14 +39,17 @@ class Result:
         return self.status == 200 and self.error is None and self.content == f"echo: {self.tag}"
 
 
-def tagged(model: str, tag: str, stream: bool) -> dict[str, Any]:
+def tagged(model: str, tag: str, stream: bool, delay_s: float = 0.0) -> dict[str, Any]:
+    """A request whose answer and arrival name `tag`; `delay_s` paces the test upstream's words."""
     return {"model": model, "stream": stream, "messages": [{"role": "user", "content": tag}],
-            "tiffin_test": {"key": tag}}  # fmt: skip
+            "tiffin_test": {"key": tag, "delay_s": delay_s}}  # fmt: skip
 
 
-async def send(session: aiohttp.ClientSession, url: str, model: str, tag: str, stream: bool) -> Result:
+async def send(
+    session: aiohttp.ClientSession, url: str, model: str, tag: str, stream: bool, delay_s: float = 0.0
+) -> Result:
     """One tagged request, read to its end; what it got back, never an exception for an HTTP-level answer."""
-    async with session.post(url + CHAT, json=tagged(model, tag, stream)) as resp:
+    async with session.post(url + CHAT, json=tagged(model, tag, stream, delay_s)) as resp:
         raw = await resp.read()
         status, retry_after = resp.status, resp.headers.get("Retry-After")
     if status != 200:
