@@ -123,6 +123,8 @@ class Relay:
         self.idle.set()
         self._max_body = max((d.limits.max_body_bytes for d in router.deployments), default=1_048_576)
         self.withdrawals = PendingWithdrawals(self.edge.redis_timeout_s)
+        self.backend_down = False
+        """The last Redis step of a request failed (cleared by the next one that succeeds)."""
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def ensure_queues(self) -> None:
@@ -191,8 +193,11 @@ class Relay:
             wait_deadline_ms=enqueued + int(deployment.limits.wait_timeout_s * 1000),
             upstream_timeout_s=deployment.limits.upstream_timeout_s,
         )
-        # 429 over the key's limits
-        slot = await self._backend(self.gate.acquire(deployment, caller, outcome.request_id), deployment.name)
+        try:  # 429 over the key's limits
+            slot = await self._backend(self.gate.acquire(deployment, caller, outcome.request_id), deployment.name)
+        except BackendUnavailable:
+            metrics.REJECTED.labels(deployment.name, "backend_unavailable").inc()
+            raise
         metrics.IN_PROGRESS.labels(deployment.name).inc()
         inbox = self.reader.subscribe(outcome.request_id, self.edge.reply_buffer_bytes)
         entry_id: bytes | None = None
@@ -211,6 +216,7 @@ class Relay:
                     deployment.name,
                 )
             except BackendUnavailable:
+                metrics.REJECTED.labels(deployment.name, "backend_unavailable").inc()
                 # The script may have run before the reply was lost: make sure nothing is served to nobody.
                 withdrawn = backend_failed = True
                 self.withdrawals.add(queue, outcome.request_id, None, _state_ttl_s(deployment))
@@ -294,15 +300,24 @@ class Relay:
                 await end_wake(self.redis, deployment, request_id)
 
     async def _backend(self, step: Awaitable[T], deployment: str) -> T:
-        """One Redis step of a request, bounded by TIFFIN_REDIS_TIMEOUT_S; a failure is `BackendUnavailable` (503)."""
+        """One Redis step of a request, bounded by TIFFIN_REDIS_TIMEOUT_S; a failure is `BackendUnavailable` (503).
+
+        The first failure of an outage is logged with its cause, and the first success after it; each request's
+        own line says `backend_unavailable` (an outage under load must not double the log)."""
         try:
             async with asyncio.timeout(self.edge.redis_timeout_s):
-                return await step
+                result = await step
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("backend_unavailable", deployment=deployment, error=str(exc) or type(exc).__name__)
+            if not self.backend_down:
+                self.backend_down = True
+                log.warning("backend_unavailable", deployment=deployment, error=str(exc) or type(exc).__name__)
             raise BackendUnavailable(
                 "the gateway cannot reach its queue right now; nothing was lost, retry shortly"
             ) from exc
+        if self.backend_down:
+            self.backend_down = False
+            log.info("backend_available", deployment=deployment)
+        return result
 
     async def _withdraw(self, queue: DeploymentQueue, request_id: str, entry_id: bytes, deployment: Deployment) -> None:
         """Withdraw a request nobody waits for any more (now, or once Redis answers again)."""

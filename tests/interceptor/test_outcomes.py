@@ -47,6 +47,11 @@ def broken_counted(error: str, deployment: str = "smollm2") -> float:
     return metrics.REGISTRY.get_sample_value("tiffin_streams_broken_total", sample) or 0.0
 
 
+def rejected(reason: str, deployment: str = "smollm2") -> float:
+    sample = {"deployment": deployment, "reason": reason}
+    return metrics.REGISTRY.get_sample_value("tiffin_rejected_total", sample) or 0.0
+
+
 def request_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [line for line in logs if line.get("event") == "request"]
 
@@ -75,7 +80,7 @@ async def test_a_paused_or_stopped_redis_answers_503_with_retry_after_and_an_ope
     own_redis: EmbeddedRedis, bounded: Redis, fault: str
 ) -> None:
     settings = EdgeSettings(redis_timeout_s=REDIS_TIMEOUT_S)
-    before = requests_counted(503)
+    before, refused = requests_counted(503), rejected("backend_unavailable")
     async with running_edge(bounded, [deployment("smollm2")], edge=settings) as edge:
         assert own_redis.process is not None
         if fault == "paused":
@@ -97,6 +102,8 @@ async def test_a_paused_or_stopped_redis_answers_503_with_retry_after_and_an_ope
         [line] = [line for line in request_lines(logs) if line["request_id"] == rid]
         assert line["status"] == 503 and line["detail"] == "backend_unavailable"
         assert requests_counted(503) == before + 1
+        assert rejected("backend_unavailable") == refused + 1
+        assert [line["event"] for line in logs].count("backend_unavailable") == 1  # the outage's cause, once
 
         if fault == "paused":
             # The enqueue sent before the pause runs when Redis resumes; the request is withdrawn then, so no
