@@ -19,6 +19,8 @@ import aiohttp
 from tests.e2e.conftest import Stack, make_stack
 
 CHAT = "/v1/chat/completions"
+INCOMPLETE = "incomplete_body"
+"""The `error` of a result whose body was cut short (how a plain answer broken after its head ends)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,12 @@ async def send(
 ) -> Result:
     """One tagged request, read to its end; what it got back, never an exception for an HTTP-level answer."""
     async with session.post(url + CHAT, json=tagged(model, tag, stream, delay_s)) as resp:
-        raw = await resp.read()
         status, retry_after = resp.status, resp.headers.get("Retry-After")
+        try:
+            raw = await resp.read()
+        except aiohttp.ClientPayloadError:
+            # A plain answer cut short after its head: the edge closes the connection without the last chunk.
+            return Result(tag, stream, status, error=INCOMPLETE)
     if status != 200:
         code = json.loads(raw)["error"]["code"]
         return Result(tag, stream, status, error=code, retry_after=retry_after)
