@@ -89,6 +89,10 @@ async def serve(settings: InterceptorSettings) -> None:
     except TimeoutError:
         log.warning("drain_timeout", in_flight=relay.in_flight)
     await public.cleanup()
+    # Withdrawals still waiting for Redis end here: their requests' states lapse by themselves (TTL).
+    if len(relay.withdrawals):
+        log.warning("withdrawals_abandoned", requests=len(relay.withdrawals))
+    await relay.withdrawals.stop()
     gate_stop.set()
     await keys_task
     await reader.stop()
