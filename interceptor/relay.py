@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ log = structlog.get_logger("interceptor")
 T = TypeVar("T")
 
 SSE_DONE = b"data: [DONE]\n\n"
+# How an SSE error event starts: OpenAI's shape (tiffin's and vLLM's), and vLLM's older `ErrorResponse`.
+_SSE_ERRORS = (b'data: {"error"', b'data: {"object": "error"', b'data: {"object":"error"')
+
 # Refusals of client input, by error code -> the `reason` they are counted under in tiffin_rejected_total.
 _REFUSALS = {
     "unsupported_content_encoding": "unsupported_encoding",
@@ -407,6 +411,11 @@ class Relay:
             if frame.kind is FrameKind.CHUNK:
                 await self._write(response, inbox, frame.data)
                 outcome.delivered = sse and frame.data.endswith(SSE_DONE)
+                if sse and outcome.error is None and (error := sse_error_code(frame.data)) is not None:
+                    # An error event written upstream (the API server's when its runner died, or the engine's
+                    # own): the stream ends cleanly on the wire, but broken; the log and metrics say so.
+                    outcome.error, outcome.detail = error, "stream_broken"
+                    metrics.STREAMS_BROKEN.labels(deployment.name, error).inc()
             elif frame.kind is FrameKind.END:
                 break
             elif frame.kind is FrameKind.ERROR:
@@ -474,6 +483,25 @@ class Relay:
             detail=outcome.detail,
             error=outcome.error,
         )
+
+
+def sse_error_code(data: bytes) -> str | None:
+    """The code of an SSE error event in `data` (`data: {"error": {...}}`, or vLLM's `"object": "error"`), if any.
+
+    Unescaped quotes never occur inside a JSON string, so generated text cannot look like this."""
+    for marker in _SSE_ERRORS:
+        at = data.find(marker)
+        if at < 0:
+            continue
+        line = data[at:].split(b"\n", 1)[0].removeprefix(b"data: ")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return "upstream_failed"
+        error = event.get("error", event) if isinstance(event, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        return str(code) if isinstance(code, str) and code else "upstream_failed"
+    return None
 
 
 def _ended_early(request: web.Request) -> tuple[int, str]:

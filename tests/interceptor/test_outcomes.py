@@ -22,9 +22,11 @@ from structlog.testing import capture_logs
 
 from interceptor import metrics
 from interceptor.config import EdgeSettings
+from interceptor.relay import sse_error_code
 from tests.interceptor.conftest import TIMEOUT_S, StandInProxy, deployment, eventually, running_edge
 from tests.interceptor.rawhttp import open_raw, port_of
 from tiffin import keys
+from tiffin.errors import sse_error_event
 from tiffin.frames import Frame
 from tiffin.redis_conn import connect_bounded
 from tiffin.redis_server import EmbeddedRedis
@@ -204,3 +206,40 @@ async def _queued(redis: Redis, count: int) -> bool:
 
 async def _counted(value: Any, at_least: float) -> bool:
     return bool(value() >= at_least)
+
+
+async def test_an_error_event_written_upstream_marks_the_stream_broken(redis: Redis) -> None:
+    """A runner dying mid-stream makes the API server write an error event and end cleanly: still broken."""
+    before = broken_counted("upstream_failed")
+    event = sse_error_event("the runner failed mid-stream: broken", "upstream_failed")
+    with capture_logs() as logs:
+        async with running_edge(redis, [deployment("smollm2")]) as edge:
+            proxy = StandInProxy(redis, "smollm2")
+            async with aiohttp.ClientSession() as session:
+                posting = asyncio.create_task(session.post(edge.url + CHAT, json=chat("died", stream=True)))
+                delivery = await proxy.take_one()
+                envelope, rid = delivery.envelope, delivery.envelope.request_id
+                await proxy.queue.start(
+                    envelope, Frame.head(rid, proxy.name, 200, {"content-type": "text/event-stream"})
+                )
+                for data in (b'data: {"n": 0}\n\n', event):
+                    await proxy.queue.send(envelope.reply_to, Frame.chunk(rid, proxy.name, data))
+                await proxy.queue.send(envelope.reply_to, Frame.end(rid, proxy.name))
+                await proxy.queue.finish(delivery.entry_id)
+                async with await posting as resp:
+                    assert resp.status == 200
+                    assert (await resp.read()).endswith(event)
+            await eventually(lambda: _counted(lambda: broken_counted("upstream_failed"), before + 1))
+    [line] = request_lines(logs)
+    assert line["status"] == 200 and line["detail"] == "stream_broken" and line["error"] == "upstream_failed"
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [(b'data: {"choices": [{"delta": {"content": "data: {\\"error\\": 1}"}}]}\n\n', None),
+     (b'data: {"n": 1}\n\ndata: {"error": {"message": "m", "code": "engine_dead"}}\n\n', "engine_dead"),
+     (b'data: {"object":"error","message":"m","type":"x","code":400}\n\n', "upstream_failed"),
+     (b'data: {"error": {"message": "m", "code": null}}\n\n', "upstream_failed")],
+)  # fmt: skip
+def test_error_events_are_recognised_and_generated_text_never_is(data: bytes, code: str | None) -> None:
+    assert sse_error_code(data) == code
