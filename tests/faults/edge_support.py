@@ -35,6 +35,8 @@ class Result:
     error: str | None = None
     """The error code: of the error body, or of the error event that ended a stream."""
     retry_after: str | None = None
+    request_id: str | None = None
+    """The edge's X-Request-Id, which names the request in the interceptor's log."""
 
     @property
     def correct(self) -> bool:
@@ -52,17 +54,18 @@ async def send(
 ) -> Result:
     """One tagged request, read to its end; what it got back, never an exception for an HTTP-level answer."""
     async with session.post(url + CHAT, json=tagged(model, tag, stream, delay_s)) as resp:
-        status, retry_after = resp.status, resp.headers.get("Retry-After")
+        status, retry_after, rid = resp.status, resp.headers.get("Retry-After"), resp.headers.get("X-Request-Id")
         try:
             raw = await resp.read()
         except aiohttp.ClientPayloadError:
             # A plain answer cut short after its head: the edge closes the connection without the last chunk.
-            return Result(tag, stream, status, error=INCOMPLETE)
+            return Result(tag, stream, status, error=INCOMPLETE, request_id=rid)
     if status != 200:
         code = json.loads(raw)["error"]["code"]
-        return Result(tag, stream, status, error=code, retry_after=retry_after)
+        return Result(tag, stream, status, error=code, retry_after=retry_after, request_id=rid)
     if not stream:
-        return Result(tag, stream, status, content=json.loads(raw)["choices"][0]["message"]["content"])
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+        return Result(tag, stream, status, content=content, request_id=rid)
     pieces, error = [], None
     for block in raw.decode().split("\n\n"):
         if not block.startswith("data: ") or block == "data: [DONE]":
@@ -72,7 +75,7 @@ async def send(
             error = event["error"]["code"]
             continue
         pieces.extend(c["delta"].get("content", "") for c in event["choices"])
-    return Result(tag, stream, status, content="".join(pieces), error=error)
+    return Result(tag, stream, status, content="".join(pieces), error=error, request_id=rid)
 
 
 def account(results: list[Result], tags: list[str]) -> list[Result]:
@@ -104,3 +107,9 @@ def stack_of(folder: Path, configs: list[Path]) -> Iterator[Stack]:
         yield stack
     finally:
         stack.stop()
+
+
+def request_lines(log: str) -> dict[str, dict[str, Any]]:
+    """The interceptor's `request` log lines (from its log file's text), by request id."""
+    lines = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return {line["request_id"]: line for line in lines if line.get("event") == "request"}
