@@ -216,6 +216,7 @@ class Relay:
                         deployment.limits.max_queue,
                         _state_ttl_s(deployment),
                         wake_ttl_s=deployment.limits.wait_timeout_s,
+                        accept_within_s=self.edge.redis_timeout_s,
                     ),
                     deployment.name,
                 )

@@ -61,6 +61,7 @@ class PendingWithdrawals:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._pending:
+            began = loop.time()
             for request_id, pending in list(self._pending.items()):
                 if loop.time() > pending.give_up_at:
                     del self._pending[request_id]
@@ -69,12 +70,15 @@ class PendingWithdrawals:
                     async with asyncio.timeout(self.timeout_s):
                         state = await pending.queue.cancel(request_id, pending.entry_id, even_if_taken=True)
                 except (RedisError, OSError, TimeoutError):
-                    break  # still unreachable: try them all again later
+                    break  # still unreachable: try them all again
                 del self._pending[request_id]
                 if state == "cancelled":
                     log.info("request_withdrawn_late", deployment=pending.queue.deployment, request_id=request_id)
-            if self._pending:
-                await asyncio.sleep(RETRY_S)  # waiting for Redis to come back; nothing to await but time
+            # A cancel that waited out a paused Redis retries at once, so one is always in Redis's input when it
+            # resumes (ahead of any proxy's take); one refused at once (Redis down) waits a little first.
+            idle = RETRY_S - (loop.time() - began)
+            if self._pending and idle > 0:
+                await asyncio.sleep(idle)  # waiting for Redis to come back; nothing to await but time
 
     async def stop(self) -> None:
         if self._task is not None:
