@@ -48,6 +48,7 @@ async def _pause_under_load(stack: Stack, pause_s: float, api_port: int) -> None
             await asyncio.sleep(pause_s)  # the fault's length, not a synchronisation
         finally:
             os.kill(pid, signal.SIGCONT)
+        supervisor = asyncio.create_task(_restart_the_proxy_if_it_exits(stack, api_port))
         async with asyncio.timeout(DEADLINE_S):
             results: list[Result] = await asyncio.gather(*before, *during)
         tags = [f"before-{i}" for i in range(BEFORE)] + [f"during-{i}" for i in range(DURING)]
@@ -55,6 +56,7 @@ async def _pause_under_load(stack: Stack, pause_s: float, api_port: int) -> None
         print(f"\nRedis paused {pause_s:g}s: {len(failed)} of {len(tags)} not answered: "
               f"{sorted({(r.status, r.error) for r in failed}, key=str)}")  # fmt: skip
         for result in failed:
+            # Refused: its enqueue could not reach Redis within TIFFIN_REDIS_TIMEOUT_S.
             refused = result.status == 503 and result.error == "backend_unavailable" and result.retry_after
             # A reply already under way whose proxy gave up on Redis: an error event (SSE) or a cut body.
             broken = result.status == 200 and result.error is not None and result.tag.startswith("before")
@@ -65,13 +67,18 @@ async def _pause_under_load(stack: Stack, pause_s: float, api_port: int) -> None
         refused = [r.tag for r in failed if r.status == 503]
         print(f"refused {len(refused)}, of which ran at the runner: {[t for t in refused if ran[t]]}")
         assert not any(ran[tag] for tag in refused), "a refused request ran anyway"
-        if not stack.procs["steady-api-1-proxy"].alive():
-            # A proxy whose Redis stalled past its timeouts exits to be restarted, as `tiffin up` does (with a
-            # fresh consumer name); the stack here has no supervisor, so the test plays it.
-            stack.start_proxy("steady", "steady-api-1-again", api_port)
         async with asyncio.timeout(DEADLINE_S):
             retried = await asyncio.gather(*(send(session, stack.url, "steady", f"{r.tag}-retry", r.stream)
                                              for r in failed))  # fmt: skip
+        supervisor.cancel()
         assert all(r.correct for r in retried), retried
         if pause_s < 5:
             assert not failed, "a pause shorter than TIFFIN_REDIS_TIMEOUT_S must cost only a wait"
+
+
+async def _restart_the_proxy_if_it_exits(stack: Stack, api_port: int) -> None:
+    """A proxy whose Redis stalls past its timeouts exits to be restarted (with a fresh consumer name), as
+    `tiffin up` does; this stack has no supervisor, so the test plays it."""
+    while stack.procs["steady-api-1-proxy"].alive():
+        await asyncio.sleep(0.2)  # observing another process
+    stack.start_proxy("steady", "steady-api-1-again", api_port)
