@@ -24,7 +24,7 @@ DEADLINE_S = 120
 # it delivered stay pending under a consumer that is still alive, so nobody reclaims them, and their clients get
 # 504 wait_timeout (seen about one run in three). That is the proxy's to mend (issue 9's redelivery/reconnection
 # work); until then the 8 s case may fail for that reason only.
-STRANDED = pytest.mark.xfail(reason="a proxy's lost XREADGROUP reply strands entries under a live consumer")
+STRANDED = pytest.mark.xfail(strict=False, reason="a lost XREADGROUP reply strands entries under a live proxy")
 
 
 @pytest.mark.parametrize("pause_s", [2.0, pytest.param(8.0, marks=STRANDED)])
