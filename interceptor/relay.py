@@ -420,13 +420,15 @@ class Relay:
             elif frame.kind is FrameKind.END:
                 break
             elif frame.kind is FrameKind.ERROR:
-                # Broken after its head went out: logged with the status it started with, and counted as broken.
-                outcome.error = str(frame.error.get("code") or "upstream_failed")
-                outcome.detail = "stream_broken"
-                metrics.STREAMS_BROKEN.labels(deployment.name, outcome.error).inc()
+                # Broken after its head went out: logged with the status it started with, and counted as broken
+                # (once, should an error event have come first).
+                code = str(frame.error.get("code") or "upstream_failed")
+                if outcome.error is None:
+                    outcome.error, outcome.detail = code, "stream_broken"
+                    metrics.STREAMS_BROKEN.labels(deployment.name, code).inc()
                 if sse:
                     message = str(frame.error.get("message"))
-                    await self._write(response, inbox, sse_error_event(message, outcome.error))
+                    await self._write(response, inbox, sse_error_event(message, code))
                     break
                 # A plain body cut short cannot be marked inside itself: end the connection without the
                 # final chunk, so the client sees an incomplete response rather than a truncated success.
