@@ -16,6 +16,8 @@ import aiohttp
 
 from tests.e2e.conftest import Stack, write_deployment
 from tests.faults.edge_support import Result, account, arrivals, request_lines, send, stack_of
+from tiffin import keys
+from tiffin.redis_conn import connect
 
 STREAMS, PLAIN = 12, 12
 DEADLINE_S = 120
@@ -49,6 +51,7 @@ async def test_a_runner_killed_mid_reply_is_logged_and_counted_as_each_client_sa
             assert result.status != 500 and line["status"] == result.status, (result, line)
     broken = [r for r in results if r.status == 200 and not r.correct]
     assert broken_total == len(broken)
+    assert any(r.stream for r in broken), "no stream was broken: the test did not test what it says"
     print(f"\nrunner killed: {sum(r.correct for r in results)} answered, {len(broken)} broken after the head, "
           f"{len(results) - len(broken) - sum(r.correct for r in results)} refused: "
           f"{sorted({(r.status, r.error) for r in results if not r.correct}, key=str)}")  # fmt: skip
@@ -66,6 +69,10 @@ async def _kill_the_runner_under_load(stack: Stack) -> list[Result]:
         while sum((await arrivals(session, stack.runner_port)).values()) < STREAMS + PLAIN:
             assert time.monotonic() < deadline, "the runner never got the whole workload"
             await asyncio.sleep(0.1)  # observing another process
+        # Kill it once every stream's head has gone out (its request is `started`), so they break mid-reply.
+        while await _started(stack) < STREAMS:
+            assert time.monotonic() < deadline, "the streams never started"
+            await asyncio.sleep(0.05)  # observing another process
         stack.procs["mortal-runner-1"].kill()
         # `tiffin up` would restart it; this stack has no supervisor, so the test starts its successor.
         _, stack.runner_port = stack.start_runner("mortal", "mortal-runner-2")
@@ -77,6 +84,16 @@ async def _kill_the_runner_under_load(stack: Stack) -> list[Result]:
             retried = await asyncio.gather(*(send(session, stack.url, "mortal", r.tag, r.stream) for r in failed))
         assert all(r.correct for r in retried), [r for r in retried if not r.correct]
     return results
+
+
+async def _started(stack: Stack) -> int:
+    """Requests whose reply has begun (state `started`), from the stack's Redis."""
+    redis = connect(stack.redis_url)
+    try:
+        states = [await redis.hget(key, "state") async for key in redis.scan_iter(match=keys.request("*"))]
+    finally:
+        await redis.aclose()
+    return states.count(b"started")
 
 
 async def _broken_total(stack: Stack) -> float:
