@@ -129,6 +129,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+async def redis_clock_offset_ms(redis: Redis) -> int:
+    """How far Redis's clock is ahead of this host's (negative: behind), measured once, to within a round trip."""
+    before = now_ms()
+    seconds, micros = await redis.time()
+    after = now_ms()
+    return int(seconds) * 1000 + int(micros) // 1000 - (before + after) // 2
+
+
 @dataclass(frozen=True)
 class Admission:
     """An enqueued request, and whether it found the deployment cold (no ready API server or runner)."""
@@ -186,15 +194,17 @@ class DeploymentQueue:
         ttl_s: int,
         wake_ttl_s: float = 600,
         accept_within_s: float | None = None,
+        redis_clock_offset_ms: int = 0,
     ) -> Admission:
         """Enqueue (bounded like `enqueue`), mark activity, and publish a wake if the deployment is not warm.
 
         `wake_ttl_s` bounds how long a cold start started by this request is remembered if it never finishes.
         `accept_within_s`: how long the caller waits for this reply; a script Redis runs later than that (by its
         clock) queues nothing, so a request answered 503 meanwhile is never served to nobody.
+        `redis_clock_offset_ms`: how far Redis's clock is ahead of this host's (see `redis_clock_offset_ms`).
         """
         now = now_ms()
-        until = "" if accept_within_s is None else str(now + int(accept_within_s * 1000))
+        until = "" if accept_within_s is None else str(now + redis_clock_offset_ms + int(accept_within_s * 1000))
         args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s, now, self.deployment, keys.WAKE_CHANNEL,
                                          int(wake_ttl_s * 1000), envelope.request_id, until]  # fmt: skip
         for name, value in envelope.to_fields().items():

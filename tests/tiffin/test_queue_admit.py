@@ -13,7 +13,7 @@ from tests.tiffin.test_queue import TTL_S, envelope
 from tiffin import keys
 from tiffin.exceptions import BackendUnavailable
 from tiffin.frames import Envelope
-from tiffin.queue import DeploymentQueue
+from tiffin.queue import DeploymentQueue, redis_clock_offset_ms
 
 
 async def test_admitting_the_same_request_twice_queues_it_once(redis: Redis) -> None:
@@ -48,3 +48,21 @@ async def test_an_admit_redis_runs_after_its_caller_gave_up_queues_nothing(redis
     entries: Any = await redis.xrange(queue.key)
     assert [eid for eid, _ in entries] == [in_time.entry_id]
     assert Envelope.from_fields(entries[0][1]) == envelope("r2")  # the fields still start where they should
+
+
+async def test_the_deadline_is_set_in_redis_time_by_the_measured_clock_offset(redis: Redis) -> None:
+    """Redis judges "accept until" by its own clock, so the caller adds how far that clock is ahead of its own:
+    two hosts whose clocks differ by more than the wait do not refuse (or accept) everything."""
+    queue = DeploymentQueue(redis, "m")
+    await queue.ensure_group()
+    offset = await redis_clock_offset_ms(redis)
+    assert abs(offset) < 1000  # one machine: one clock, within a round trip
+
+    # Believing Redis 10 s ahead moves the deadline 10 s later in Redis's time: in time though 1 s "late" here.
+    later = await queue.admit(envelope("r3"), max_waiting=10, ttl_s=TTL_S, accept_within_s=-1.0,
+                              redis_clock_offset_ms=offset + 10_000)  # fmt: skip
+    assert later.entry_id
+    # Believing it 10 s behind moves it 10 s earlier: too late though 5 s remain here.
+    with pytest.raises(BackendUnavailable):
+        await queue.admit(envelope("r4"), max_waiting=10, ttl_s=TTL_S, accept_within_s=5.0,
+                          redis_clock_offset_ms=offset - 10_000)  # fmt: skip
