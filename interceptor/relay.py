@@ -47,7 +47,7 @@ from tiffin.frames import (
     FrameKind,
 )
 from tiffin.keylimits import Slot
-from tiffin.queue import Admission, DeploymentQueue, now_ms
+from tiffin.queue import Admission, DeploymentQueue, now_ms, redis_clock_offset_ms
 from tiffin.status import end_wake
 
 log = structlog.get_logger("interceptor")
@@ -127,13 +127,19 @@ class Relay:
         self.idle.set()
         self._max_body = max((d.limits.max_body_bytes for d in router.deployments), default=1_048_576)
         self.withdrawals = PendingWithdrawals(self.edge.redis_timeout_s)
+        self.redis_clock_offset_ms = 0
+        """How far Redis's clock is ahead of this host's (measured at start by `ensure_queues`)."""
         self.backend_down = False
         """The last Redis step of a request failed (cleared by the next one that succeeds)."""
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def ensure_queues(self) -> None:
+        """Create the queues' consumer groups, and learn Redis's clock (an admit's deadline is set by it)."""
         for queue in self.queues.values():
             await queue.ensure_group()
+        self.redis_clock_offset_ms = await redis_clock_offset_ms(self.redis)
+        if abs(self.redis_clock_offset_ms) > 1000:
+            log.warning("redis_clock_skew", offset_ms=self.redis_clock_offset_ms)
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions and /v1/completions (behind any route prefix)."""
@@ -217,6 +223,7 @@ class Relay:
                         _state_ttl_s(deployment),
                         wake_ttl_s=deployment.limits.wait_timeout_s,
                         accept_within_s=self.edge.redis_timeout_s,
+                        redis_clock_offset_ms=self.redis_clock_offset_ms,
                     ),
                     deployment.name,
                 )
