@@ -13,14 +13,17 @@ from interceptor.auth import KeyGate
 from interceptor.config import InterceptorSettings
 from interceptor.janitor import sweep_forever
 from interceptor.relay import Relay
-from interceptor.replies import ReplyReader
+from interceptor.replies import READ_BLOCK_MS, ReplyReader
 from interceptor.routing import Router
 from interceptor.server import start_public
 from tiffin.config import load_deployments
 from tiffin.exceptions import ConfigError, TLSError
 from tiffin.logs import setup_logging
-from tiffin.redis_conn import connect
+from tiffin.redis_conn import connect_bounded
 from tiffin.tls import CertificateStore
+
+# The reader's reads block for READ_BLOCK_MS on purpose: its socket waits that long plus a margin.
+READER_SOCKET_TIMEOUT_S = READ_BLOCK_MS / 1000 + 5.0
 
 
 async def serve(settings: InterceptorSettings) -> None:
@@ -30,8 +33,13 @@ async def serve(settings: InterceptorSettings) -> None:
     if certificates is not None:
         tls_metrics.register(certificates)
     deployments = load_deployments(settings.config_paths)
-    redis = connect(settings.redis_url, max_connections=512)
-    reader = ReplyReader(redis, settings.interceptor_id, settings.reply_ttl_s)
+    # Requests share a bounded pool: a burst waits briefly for a connection rather than failing (see
+    # TIFFIN_REDIS_MAX_CONNECTIONS). The reply reader has a client of its own, so no burst can delay replies.
+    redis = connect_bounded(
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout_s=settings.edge.redis_timeout_s
+    )
+    reader_redis = connect_bounded(settings.redis_url, max_connections=2, timeout_s=READER_SOCKET_TIMEOUT_S)
+    reader = ReplyReader(reader_redis, settings.interceptor_id, settings.reply_ttl_s)
     gate = KeyGate(redis, settings.keys_poll_s, settings.key_slot_lease_s)
     await gate.load()
     relay = Relay(redis, Router(deployments), reader, settings.reply_gap_grace_s, gate, settings.edge)
@@ -81,10 +89,15 @@ async def serve(settings: InterceptorSettings) -> None:
     except TimeoutError:
         log.warning("drain_timeout", in_flight=relay.in_flight)
     await public.cleanup()
+    # Withdrawals still waiting for Redis end here: their requests' states lapse by themselves (TTL).
+    if len(relay.withdrawals):
+        log.warning("withdrawals_abandoned", requests=len(relay.withdrawals))
+    await relay.withdrawals.stop()
     gate_stop.set()
     await keys_task
     await reader.stop()
     await admin.cleanup()
+    await reader_redis.aclose()
     await redis.aclose()
     log.info("stopped")
 

@@ -57,6 +57,10 @@ class EdgeSettings:
     max_connections_per_client: int = 128
     """TIFFIN_MAX_CONNECTIONS_PER_CLIENT: open connections per client address (an IPv6 client by its /64;
     trusted proxies exempt) (default 128)."""
+    redis_timeout_s: float = 5.0
+    """TIFFIN_REDIS_TIMEOUT_S: the longest a request waits on Redis for any one step (a pooled connection, the
+    command, its retries); past it the request gets 503 `backend_unavailable` with Retry-After, and a request
+    already queued is withdrawn as soon as Redis answers again (default 5)."""
     trusted_proxies: tuple[Network, ...] = ()
     """TIFFIN_TRUSTED_PROXIES: comma-separated CIDRs of proxies in front whose X-Forwarded-For/-Proto/-Host
     are believed (default none: every client-sent X-Forwarded-* header is replaced)."""
@@ -75,6 +79,7 @@ class EdgeSettings:
             reply_buffer_bytes=_at_least("TIFFIN_REPLY_BUFFER_BYTES", 1_048_576, 65_536),
             max_connections=_at_least("TIFFIN_MAX_CONNECTIONS", 0, 0),
             max_connections_per_client=_at_least("TIFFIN_MAX_CONNECTIONS_PER_CLIENT", 128, 1),
+            redis_timeout_s=env_positive("TIFFIN_REDIS_TIMEOUT_S", 5.0),
             trusted_proxies=parse_networks("TIFFIN_TRUSTED_PROXIES", env_str("TIFFIN_TRUSTED_PROXIES", "")),
         )
 
@@ -103,6 +108,10 @@ class InterceptorSettings:
     """TIFFIN_CONFIG: deployment YAML files or folders, separated by ':' (required)."""
     redis_url: str
     """REDIS_URL: the shared Redis (default redis://127.0.0.1:6379/0)."""
+    redis_max_connections: int
+    """TIFFIN_REDIS_MAX_CONNECTIONS: connections to Redis for requests (default 64). A request holds one only
+    for the length of one command, never while it waits, so a burst far larger than this queues for them
+    (within TIFFIN_REDIS_TIMEOUT_S) instead of failing; the reply reader has its own."""
     interceptor_id: str
     """TIFFIN_INTERCEPTOR_ID: names this replica's reply stream (default: host-pid-random)."""
     host: str
@@ -167,6 +176,7 @@ class InterceptorSettings:
         return cls(
             config_paths=paths,
             redis_url=redis_url(),
+            redis_max_connections=_at_least("TIFFIN_REDIS_MAX_CONNECTIONS", 64, 4),
             interceptor_id=env_str("TIFFIN_INTERCEPTOR_ID", default_id),
             host=env_str("TIFFIN_HOST", "127.0.0.1"),
             port=env_int("TIFFIN_PORT", 8080),

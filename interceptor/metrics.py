@@ -37,3 +37,9 @@ REJECTED = Counter(
     "Requests and connections the edge refused before queueing, by deployment ('-' when not yet known) and reason.",
     ["deployment", "reason"], registry=REGISTRY,
 )  # fmt: skip
+STREAMS_BROKEN = Counter(
+    "tiffin_streams_broken",
+    "Answers cut short after their head went out (the client got an error event or an incomplete body), by "
+    "deployment and the error that ended them; tiffin_requests_total counts them under the status they began with.",
+    ["deployment", "error"], registry=REGISTRY,
+)  # fmt: skip

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 from aiohttp import web
@@ -20,9 +23,11 @@ from interceptor.memory import give_back_soon
 from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
+from interceptor.withdrawals import PendingWithdrawals
 from tiffin.config import Deployment
 from tiffin.errors import error_response, sse_error_event
 from tiffin.exceptions import (
+    BackendUnavailable,
     BadRequest,
     Draining,
     PayloadTooLarge,
@@ -41,12 +46,18 @@ from tiffin.frames import (
     Frame,
     FrameKind,
 )
-from tiffin.queue import Admission, DeploymentQueue, now_ms
+from tiffin.keylimits import Slot
+from tiffin.queue import Admission, DeploymentQueue, now_ms, redis_clock_offset_ms
 from tiffin.status import end_wake
 
 log = structlog.get_logger("interceptor")
 
+T = TypeVar("T")
+
 SSE_DONE = b"data: [DONE]\n\n"
+# How an SSE error event starts: OpenAI's shape (tiffin's and vLLM's), and vLLM's older `ErrorResponse`.
+_SSE_ERRORS = (b'data: {"error"', b'data: {"object": "error"', b'data: {"object":"error"')
+
 # Refusals of client input, by error code -> the `reason` they are counted under in tiffin_rejected_total.
 _REFUSALS = {
     "unsupported_content_encoding": "unsupported_encoding",
@@ -74,8 +85,12 @@ class Outcome:
     detail: str | None = None
     delivered: bool = False
     """The client has the whole answer (an SSE stream's `[DONE]` went out), even if it hangs up first."""
+    sent: bool = False
+    """The response's last byte went out (or its cut was made on purpose): a cancellation after it changes nothing."""
     key_id: str | None = None
     """The id of the valid API key the request carried (never the key)."""
+    error: str | None = None
+    """The error code that ended a stream after its head (`detail` is then `stream_broken`)."""
 
 
 class _SlowReader(Exception):
@@ -111,10 +126,20 @@ class Relay:
         self.idle = asyncio.Event()
         self.idle.set()
         self._max_body = max((d.limits.max_body_bytes for d in router.deployments), default=1_048_576)
+        self.withdrawals = PendingWithdrawals(self.edge.redis_timeout_s)
+        self.redis_clock_offset_ms = 0
+        """How far Redis's clock is ahead of this host's (measured at start by `ensure_queues`)."""
+        self.backend_down = False
+        """The last Redis step of a request failed (cleared by the next one that succeeds)."""
+        self._cleanups: set[asyncio.Task[None]] = set()
 
     async def ensure_queues(self) -> None:
+        """Create the queues' consumer groups, and learn Redis's clock (an admit's deadline is set by it)."""
         for queue in self.queues.values():
             await queue.ensure_group()
+        self.redis_clock_offset_ms = await redis_clock_offset_ms(self.redis)
+        if abs(self.redis_clock_offset_ms) > 1000:
+            log.warning("redis_clock_skew", offset_ms=self.redis_clock_offset_ms)
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         """POST /v1/chat/completions and /v1/completions (behind any route prefix)."""
@@ -133,6 +158,14 @@ class Relay:
             if isinstance(exc, RequestTimeout):
                 response.force_close()  # the rest of a body this slow is not worth waiting for
             return response
+        except (asyncio.CancelledError, ConnectionError):
+            # Cancelled while its body arrived or it waited, or its connection failed under a write.
+            if not (outcome.delivered or outcome.sent) and outcome.status != 499:
+                outcome.status, outcome.detail = _ended_early(request)
+            raise
+        except Exception:
+            outcome.status, outcome.detail = 500, "internal_error"  # a bug: the middleware answers and logs it
+            raise
         finally:
             self.in_flight -= 1
             if self.in_flight == 0:
@@ -170,19 +203,36 @@ class Relay:
             wait_deadline_ms=enqueued + int(deployment.limits.wait_timeout_s * 1000),
             upstream_timeout_s=deployment.limits.upstream_timeout_s,
         )
-        slot = await self.gate.acquire(deployment, caller, outcome.request_id)  # 429 over the key's limits
+        try:  # 429 over the key's limits
+            slot = await self._backend(self.gate.acquire(deployment, caller, outcome.request_id), deployment.name)
+        except BackendUnavailable:
+            metrics.REJECTED.labels(deployment.name, "backend_unavailable").inc()
+            raise
         metrics.IN_PROGRESS.labels(deployment.name).inc()
         inbox = self.reader.subscribe(outcome.request_id, self.edge.reply_buffer_bytes)
         entry_id: bytes | None = None
         wake_open = False  # this request started a cold start that is not recorded yet
         withdrawn = False
+        backend_failed = False
         try:
-            admission = await queue.admit(
-                envelope,
-                deployment.limits.max_queue,
-                _state_ttl_s(deployment),
-                wake_ttl_s=deployment.limits.wait_timeout_s,
-            )
+            try:
+                admission = await self._backend(
+                    queue.admit(
+                        envelope,
+                        deployment.limits.max_queue,
+                        _state_ttl_s(deployment),
+                        wake_ttl_s=deployment.limits.wait_timeout_s,
+                        accept_within_s=self.edge.redis_timeout_s,
+                        redis_clock_offset_ms=self.redis_clock_offset_ms,
+                    ),
+                    deployment.name,
+                )
+            except BackendUnavailable:
+                metrics.REJECTED.labels(deployment.name, "backend_unavailable").inc()
+                # The script may have run before the reply was lost: make sure nothing is served to nobody.
+                withdrawn = backend_failed = True
+                self.withdrawals.add(queue, outcome.request_id, None, _state_ttl_s(deployment))
+                raise
             entry_id, wake_open = admission.entry_id, admission.woke
             head = await self._await_head(inbox, deployment, queue, envelope, entry_id)
             outcome.status = head.status
@@ -200,31 +250,42 @@ class Relay:
             give_back_soon()  # what its frames took on the heap, once they are gone
             if entry_id is not None:
                 withdrawn = True
-                await asyncio.shield(queue.cancel(outcome.request_id, entry_id, even_if_taken=True))
-            # Last: aborting the connection cancels this handler (handler_cancellation).
+                await asyncio.shield(self._withdraw(queue, outcome.request_id, entry_id, deployment))
+            # Last: aborting the connection cancels this handler (handler_cancellation); the outcome stays as is.
+            outcome.sent = True
             if request.transport is not None:
                 request.transport.abort()  # drops what the transport still holds for this client, at once
             return slow.response
         except (asyncio.CancelledError, ConnectionResetError):
-            if outcome.delivered:
+            if outcome.delivered or outcome.sent:
                 # OpenAI clients close a stream as soon as they read `[DONE]`: that is a finished answer.
                 raise
             # The client went away: withdraw the request so no replica spends time on it.
-            outcome.status, outcome.detail = 499, "client_closed"
+            outcome.status, outcome.detail = _ended_early(request)
             if entry_id is not None:
                 withdrawn = True
-                await asyncio.shield(queue.cancel(outcome.request_id, entry_id, even_if_taken=True))
+                await asyncio.shield(self._withdraw(queue, outcome.request_id, entry_id, deployment))
+            raise
+        except BackendUnavailable:
+            backend_failed = True
+            if entry_id is not None and not withdrawn:
+                # Accepted, but its wait could not be settled with Redis: withdraw it as soon as Redis answers.
+                withdrawn = True
+                self.withdrawals.add(queue, outcome.request_id, entry_id, _state_ttl_s(deployment))
             raise
         finally:
             self.reader.unsubscribe(outcome.request_id)
             metrics.IN_PROGRESS.labels(deployment.name).dec()
-            await asyncio.shield(self.gate.release(slot))  # however the request ended
-            if wake_open:
-                # It ended without a head (wait deadline, client gone, error frame): let the next cold
-                # request start and time the next cold start.
-                await asyncio.shield(self._clear_wake(deployment.name, outcome.request_id))
-            if entry_id is not None and not withdrawn:
-                await asyncio.shield(queue.forget(outcome.request_id))
+            cleanup = self._clean_up(
+                deployment.name, queue, slot, outcome.request_id, wake_open, entry_id is not None and not withdrawn
+            )
+            if backend_failed:
+                # Redis is in trouble: the 503 goes out now; the cleanup waits for Redis on its own.
+                task = asyncio.create_task(cleanup)
+                self._cleanups.add(task)
+                task.add_done_callback(self._cleanups.discard)
+            else:
+                await asyncio.shield(cleanup)  # however the request ended
 
     async def _cold_head(
         self, admission: Admission, deployment: Deployment, envelope: Envelope, head: Frame, outcome: Outcome
@@ -237,15 +298,56 @@ class Relay:
             # No runner came up before the wait deadline (or the replica is draining): the start did not finish.
             await asyncio.shield(self._clear_wake(deployment.name, envelope.request_id))
             return
+        # The answer is on its way: a lost statistic must not stop it.
         try:
-            await asyncio.shield(end_wake(self.redis, deployment.name, envelope.request_id, outcome.cold_start_ms))
-        except (RedisError, OSError) as exc:  # the answer is on its way; a lost statistic must not stop it
+            async with asyncio.timeout(self.edge.redis_timeout_s):
+                await asyncio.shield(end_wake(self.redis, deployment.name, envelope.request_id, outcome.cold_start_ms))
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("cold_start_not_recorded", deployment=deployment.name, error=str(exc))
 
     async def _clear_wake(self, deployment: str, request_id: str) -> None:
         # Best effort: the mark expires after the wait timeout anyway, and the request's own answer matters more.
-        with contextlib.suppress(RedisError, OSError):
-            await end_wake(self.redis, deployment, request_id)
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.edge.redis_timeout_s):
+                await end_wake(self.redis, deployment, request_id)
+
+    async def _backend(self, step: Awaitable[T], deployment: str) -> T:
+        """One Redis step of a request, bounded by TIFFIN_REDIS_TIMEOUT_S; a failure is `BackendUnavailable` (503).
+
+        The first failure of an outage is logged with its cause, and the first success after it; each request's
+        own line says `backend_unavailable` (an outage under load must not double the log)."""
+        try:
+            async with asyncio.timeout(self.edge.redis_timeout_s):
+                result = await step
+        except (RedisError, OSError, TimeoutError) as exc:
+            if not self.backend_down:
+                self.backend_down = True
+                log.warning("backend_unavailable", deployment=deployment, error=str(exc) or type(exc).__name__)
+            raise BackendUnavailable(
+                "the gateway cannot reach its queue right now; nothing was lost, retry shortly"
+            ) from exc
+        if self.backend_down:
+            self.backend_down = False
+            log.info("backend_available", deployment=deployment)
+        return result
+
+    async def _withdraw(self, queue: DeploymentQueue, request_id: str, entry_id: bytes, deployment: Deployment) -> None:
+        """Withdraw a request nobody waits for any more (now, or once Redis answers again)."""
+        await self.withdrawals.withdraw(queue, request_id, entry_id, _state_ttl_s(deployment))
+
+    async def _clean_up(
+        self, deployment: str, queue: DeploymentQueue, slot: Slot | None, request_id: str, wake_open: bool, forget: bool
+    ) -> None:
+        """What a finished request leaves in Redis, best effort: each piece also lapses by itself."""
+        await self.gate.release(slot)
+        if wake_open:
+            # It ended without a head (wait deadline, client gone, error frame): let the next cold
+            # request start and time the next cold start.
+            await self._clear_wake(deployment, request_id)
+        if forget:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(self.edge.redis_timeout_s):
+                    await queue.forget(request_id)
 
     async def _await_head(
         self,
@@ -267,7 +369,8 @@ class Relay:
             except TimeoutError:
                 # Withdrawn if still queued, even after a replica took it once: a replica that was shutting
                 # down puts a request back unserved.
-                state = await queue.cancel(envelope.request_id, entry_id, even_if_taken=False)
+                cancel = queue.cancel(envelope.request_id, entry_id, even_if_taken=False)
+                state = await self._backend(cancel, deployment.name)
                 if state in ("taken", "started"):
                     if taken:
                         raise UpstreamTimeout(f"'{deployment.name}' took the request but did not answer") from None
@@ -316,24 +419,36 @@ class Relay:
             if frame.kind is FrameKind.CHUNK:
                 await self._write(response, inbox, frame.data)
                 outcome.delivered = sse and frame.data.endswith(SSE_DONE)
+                if sse and outcome.error is None and (error := sse_error_code(frame.data)) is not None:
+                    # An error event written upstream (the API server's when its runner died, or the engine's
+                    # own): the stream ends cleanly on the wire, but broken; the log and metrics say so.
+                    outcome.error, outcome.detail = error, "stream_broken"
+                    metrics.STREAMS_BROKEN.labels(deployment.name, error).inc()
             elif frame.kind is FrameKind.END:
                 break
             elif frame.kind is FrameKind.ERROR:
-                outcome.detail = str(frame.error.get("code"))
+                # Broken after its head went out: logged with the status it started with, and counted as broken
+                # (once, should an error event have come first).
+                code = str(frame.error.get("code") or "upstream_failed")
+                if outcome.error is None:
+                    outcome.error, outcome.detail = code, "stream_broken"
+                    metrics.STREAMS_BROKEN.labels(deployment.name, code).inc()
                 if sse:
                     message = str(frame.error.get("message"))
-                    await self._write(response, inbox, sse_error_event(message, outcome.detail or "upstream_failed"))
+                    await self._write(response, inbox, sse_error_event(message, code))
                     break
                 # A plain body cut short cannot be marked inside itself: end the connection without the
                 # final chunk, so the client sees an incomplete response rather than a truncated success.
                 if request.transport is not None:
                     request.transport.close()
+                outcome.sent = True
                 return response
         try:
             async with inbox.writing(self.edge.write_timeout_s):
                 await response.write_eof()
         except TimeoutError as exc:
             raise _SlowReader(response) from exc
+        outcome.sent = True
         return response
 
     async def _write(self, response: web.StreamResponse, inbox: Inbox, data: bytes) -> None:
@@ -376,7 +491,35 @@ class Relay:
             upstream_ms=upstream_ms,
             total_ms=round(total * 1000, 1),
             detail=outcome.detail,
+            error=outcome.error,
         )
+
+
+def sse_error_code(data: bytes) -> str | None:
+    """The code of an SSE error event in `data` (`data: {"error": {...}}`, or vLLM's `"object": "error"`), if any.
+
+    Unescaped quotes never occur inside a JSON string, so generated text cannot look like this."""
+    for marker in _SSE_ERRORS:
+        at = data.find(marker)
+        if at < 0:
+            continue
+        line = data[at:].split(b"\n", 1)[0].removeprefix(b"data: ")
+        try:
+            event = json.loads(line)
+        except ValueError:
+            return "upstream_failed"
+        error = event.get("error", event) if isinstance(event, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        return str(code) if isinstance(code, str) and code else "upstream_failed"
+    return None
+
+
+def _ended_early(request: web.Request) -> tuple[int, str]:
+    """Why a request ended without its answer: the client left (499), or this interceptor stopped serving it."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return 499, "client_closed"
+    return 503, "interceptor_stopped"
 
 
 def _state_ttl_s(deployment: Deployment) -> int:

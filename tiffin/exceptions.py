@@ -22,6 +22,7 @@
         ├── UpstreamTimeout      504  the replica took the request but did not answer in time
         ├── ReplicaError         any  an error a replica reported in an error frame, relayed as is
         ├── Draining             503  (Retry-After)
+        ├── BackendUnavailable   503  Redis unreachable, too slow, or its connections all busy (Retry-After)
         ├── NoRunner             503  no ready runner within the deadline (Retry-After)
         └── WaitTimeout          504  no replica took the request within the wait deadline (Retry-After)
 
@@ -170,6 +171,17 @@ class Draining(RequestError):
     error_type = "server_error"
     code = "draining"
     retry_after = 1
+
+
+class BackendUnavailable(RequestError):
+    """The edge could not reach its Redis in time (down, restarting, slow, or every pooled connection busy).
+
+    Before the request was accepted nothing of it is queued: the client may simply retry."""
+
+    status = 503
+    error_type = "server_error"
+    code = "backend_unavailable"
+    retry_after = 2
 
 
 class NoRunner(RequestError):

@@ -27,18 +27,29 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from tiffin import keys
-from tiffin.exceptions import QueueFull
+from tiffin.exceptions import BackendUnavailable, QueueFull
 from tiffin.frames import Envelope, Fields, Frame
 
 # Reply streams are read continuously; the cap only guards against a reader that stopped for good.
 REPLY_STREAM_MAXLEN = 100_000
 
 # KEYS: queue, request state, activity, api registry, runner registry, waking.
-# ARGV: max waiting, group, state ttl s, now ms, deployment, wake channel, waking ttl ms, request id, fields...
+# ARGV: max waiting, group, state ttl s, now ms, deployment, wake channel, waking ttl ms, request id,
+# accept until (epoch ms, or ''), fields...
 # The waking mark holds the id of the request that started the cold start, so only that request ends it.
 # Returns false (full) or {entry id, 0 warm | 1 cold | 2 cold and this request started the wake}. The wake is
 # published in the same script as the enqueue, so a scaler's open StreamIsActive hears it at once.
+# Idempotent: a request whose state exists already was enqueued by an earlier try (a reply lost to a timeout,
+# then retried), so it is never queued twice; the earlier entry is returned as warm.
+# Run after "accept until" (Redis was paused or slow, and the caller has given up waiting for this reply), it
+# queues nothing and returns {'', -1}: the caller has answered 503, and no replica must serve it.
 _ENQUEUE = """
+local seen = redis.call('HGET', KEYS[2], 'entry')
+if seen then return {seen, 0} end
+if ARGV[9] ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[9]) then return {'', -1} end
+end
 local len = redis.call('XLEN', KEYS[1])
 local pending = 0
 local ok, info = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[2])
@@ -46,7 +57,7 @@ if ok and type(info) == 'table' then pending = info[1] end
 if len - pending >= tonumber(ARGV[1]) then return false end
 redis.call('HSET', KEYS[2], 'state', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 9))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 10))
 redis.call('HSET', KEYS[2], 'entry', id)
 redis.call('SET', KEYS[3], ARGV[4])
 local now = tonumber(ARGV[4])
@@ -186,6 +197,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+async def redis_clock_offset_ms(redis: Redis) -> int:
+    """How far Redis's clock is ahead of this host's (negative: behind), measured once, to within a round trip."""
+    before = now_ms()
+    seconds, micros = await redis.time()
+    after = now_ms()
+    return int(seconds) * 1000 + int(micros) // 1000 - (before + after) // 2
+
+
 @dataclass(frozen=True)
 class Admission:
     """An enqueued request, and whether it found the deployment cold (no ready API server or runner)."""
@@ -238,14 +257,26 @@ class DeploymentQueue:
         """Add a request unless `max_waiting` requests already wait; returns the stream entry id."""
         return (await self.admit(envelope, max_waiting, ttl_s)).entry_id
 
-    async def admit(self, envelope: Envelope, max_waiting: int, ttl_s: int, wake_ttl_s: float = 600) -> Admission:
+    async def admit(
+        self,
+        envelope: Envelope,
+        max_waiting: int,
+        ttl_s: int,
+        wake_ttl_s: float = 600,
+        accept_within_s: float | None = None,
+        redis_clock_offset_ms: int = 0,
+    ) -> Admission:
         """Enqueue (bounded like `enqueue`), mark activity, and publish a wake if the deployment is not warm.
 
         `wake_ttl_s` bounds how long a cold start started by this request is remembered if it never finishes.
+        `accept_within_s`: how long the caller waits for this reply; a script Redis runs later than that (by its
+        clock) queues nothing, so a request answered 503 meanwhile is never served to nobody.
+        `redis_clock_offset_ms`: how far Redis's clock is ahead of this host's (see `redis_clock_offset_ms`).
         """
         now = now_ms()
+        until = "" if accept_within_s is None else str(now + redis_clock_offset_ms + int(accept_within_s * 1000))
         args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s, now, self.deployment, keys.WAKE_CHANNEL,
-                                         int(wake_ttl_s * 1000), envelope.request_id]  # fmt: skip
+                                         int(wake_ttl_s * 1000), envelope.request_id, until]  # fmt: skip
         for name, value in envelope.to_fields().items():
             args.extend((name, value))
         script_keys = [self.key, keys.request(envelope.request_id), keys.activity(self.deployment),
@@ -255,6 +286,8 @@ class DeploymentQueue:
         if reply is None:
             raise QueueFull(f"deployment '{self.deployment}' has {max_waiting} requests waiting already; retry shortly")
         entry, cold = reply
+        if int(cold) < 0:
+            raise BackendUnavailable(f"the queue of '{self.deployment}' answered too late; nothing was queued")
         return Admission(bytes(entry), cold=int(cold) > 0, woke=int(cold) == 2)
 
     async def cancel(self, request_id: str, entry_id: bytes, *, even_if_taken: bool) -> str | None:

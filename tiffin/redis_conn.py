@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from tiffin.env import redis_url
 from tiffin.redis_retry import reconnect_once
@@ -15,3 +15,18 @@ def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
         **reconnect_once(),  # type: ignore[arg-type]  # redis-py's keyword arguments are untyped here
     )  # fmt: skip
     return client
+
+
+def connect_bounded(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+    """A client whose every wait is bounded: for a pooled connection (a burst queues for one instead of
+    failing), for a connection to Redis, and for each reply, each at most `timeout_s`."""
+    pool = BlockingConnectionPool.from_url(
+        url,
+        decode_responses=False,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_connect_timeout=min(timeout_s, 2.0),
+        socket_timeout=timeout_s,
+        health_check_interval=30,
+    )
+    return Redis.from_pool(pool)
