@@ -405,6 +405,7 @@ class Relay:
         await response.prepare(request)
         sse = head.headers.get("content-type", "").startswith("text/event-stream")
         gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
+        last_seq = 0
         while True:
             try:
                 async with asyncio.timeout(gap):
@@ -416,6 +417,10 @@ class Relay:
                 raise _SlowReader(response)
             if frame.by != head.by:
                 continue  # a second replica answering a redelivered copy: one answer only
+            if frame.kind is FrameKind.CHUNK and frame.seq:
+                if frame.seq <= last_seq:
+                    continue  # the same chunk written twice (a retried XADD): relayed once
+                last_seq = frame.seq
             if frame.kind is FrameKind.CHUNK:
                 await self._write(response, inbox, frame.data)
                 outcome.delivered = sse and frame.data.endswith(SSE_DONE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -347,16 +348,20 @@ class Proxy:
                         if resp.content_type != "text/event-stream":
                             first = await self._read_whole(chunks)
                             if sum(map(len, first)) <= _WHOLE_MAX_BYTES:
-                                frames = [head, *(Frame.chunk(rid, self.replica_id, d) for d in first)]
+                                frames = [head, *(Frame.chunk(rid, self.replica_id, d, n + 1)
+                                                  for n, d in enumerate(first))]  # fmt: skip
                                 await self._answer(delivery, [*frames, Frame.end(rid, self.replica_id)])
                                 return "forwarded"
                         await self._start(envelope, head)
                         head_sent = True
+                        seq = itertools.count(1)  # numbered: the interceptor drops a chunk whose XADD ran twice
                         for data in first:
-                            if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
+                            chunk = Frame.chunk(rid, self.replica_id, data, next(seq))
+                            if not await self.queue.send(envelope.reply_to, chunk):
                                 raise _ReplyGone
                         async for data in chunks:
-                            if not await self.queue.send(envelope.reply_to, Frame.chunk(rid, self.replica_id, data)):
+                            chunk = Frame.chunk(rid, self.replica_id, data, next(seq))
+                            if not await self.queue.send(envelope.reply_to, chunk):
                                 raise _ReplyGone  # leaving the block closes the upstream call: its work stops
                         await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
                         return "forwarded"
@@ -437,8 +442,8 @@ class Proxy:
         try:
             headers = {**saved.headers, QUEUE_MS_HEADER: str(now_ms() - envelope.enqueued_ms)}
             frames = [Frame.head(rid, self.replica_id, saved.status, headers)]
-            for offset in range(0, len(saved.body), CHUNK_MAX_BYTES):
-                frames.append(Frame.chunk(rid, self.replica_id, saved.body[offset : offset + CHUNK_MAX_BYTES]))
+            for n, offset in enumerate(range(0, len(saved.body), CHUNK_MAX_BYTES)):
+                frames.append(Frame.chunk(rid, self.replica_id, saved.body[offset : offset + CHUNK_MAX_BYTES], n + 1))
             await self._answer(delivery, [*frames, Frame.end(rid, self.replica_id)])
             log.info("answered_from_saved_result", request_id=rid, status=saved.status)
         except _ReplyGone:

@@ -96,14 +96,17 @@ class Frame:
     headers: dict[str, str] = field(default_factory=dict)
     data: bytes = b""
     error: dict[str, Any] = field(default_factory=dict)
+    seq: int = 0
+    """A chunk's place in its reply (1, 2, ...; 0: unnumbered). A frame's XADD can be sent twice (a client
+    retries a command whose reply it lost while Redis ran it anyway), so the reader drops a chunk it has seen."""
 
     @classmethod
     def head(cls, request_id: str, by: str, status: int, headers: dict[str, str]) -> Frame:
         return cls(request_id, FrameKind.HEAD, by, status=status, headers=headers)
 
     @classmethod
-    def chunk(cls, request_id: str, by: str, data: bytes) -> Frame:
-        return cls(request_id, FrameKind.CHUNK, by, data=data)
+    def chunk(cls, request_id: str, by: str, data: bytes, seq: int = 0) -> Frame:
+        return cls(request_id, FrameKind.CHUNK, by, data=data, seq=seq)
 
     @classmethod
     def end(cls, request_id: str, by: str) -> Frame:
@@ -121,6 +124,8 @@ class Frame:
             out["headers"] = json.dumps(self.headers)
         elif self.kind is FrameKind.CHUNK:
             out["data"] = self.data
+            if self.seq:
+                out["seq"] = str(self.seq)
         elif self.kind is FrameKind.ERROR:
             out["status"] = str(self.status)
             out["error"] = json.dumps(self.error)
@@ -137,4 +142,5 @@ class Frame:
             headers=json.loads(fields[b"headers"]) if b"headers" in fields else {},
             data=fields.get(b"data", b""),
             error=json.loads(fields[b"error"]) if b"error" in fields else {},
+            seq=int(fields.get(b"seq", b"0")),
         )

@@ -28,5 +28,6 @@ def connect_bounded(url: str, *, max_connections: int, timeout_s: float) -> Redi
         socket_connect_timeout=min(timeout_s, 2.0),
         socket_timeout=timeout_s,
         health_check_interval=30,
+        **reconnect_once(),  # after a Redis restart its idle connections are dead: replace, not fail
     )
     return Redis.from_pool(pool)

@@ -34,7 +34,7 @@ envelopes = st.builds(
 
 frames = st.one_of(
     st.builds(Frame.head, request_id=text, by=text, status=st.integers(min_value=0, max_value=999), headers=headers),
-    st.builds(Frame.chunk, request_id=text, by=text, data=st.binary(max_size=2048)),
+    st.builds(Frame.chunk, request_id=text, by=text, data=st.binary(max_size=2048), seq=st.integers(0, 2**31)),
     st.builds(Frame.end, request_id=text, by=text),
     st.builds(
         Frame.fail, request_id=text, by=text, status=st.integers(min_value=0, max_value=999), message=text, code=text
@@ -73,10 +73,11 @@ def test_frame_round_trips_through_its_fields(frame: Frame) -> None:
     [
         (Frame.head("r", "p", 200, {"content-type": "text/event-stream"}), {"rid", "kind", "by", "status", "headers"}),
         (Frame.chunk("r", "p", b"data: {}\n\n"), {"rid", "kind", "by", "data"}),
+        (Frame.chunk("r", "p", b"data: {}\n\n", 3), {"rid", "kind", "by", "data", "seq"}),
         (Frame.end("r", "p"), {"rid", "kind", "by"}),
         (Frame.fail("r", "p", 502, "boom", "upstream_failed"), {"rid", "kind", "by", "status", "error"}),
     ],
-    ids=["head", "chunk", "end", "error"],
+    ids=["head", "chunk", "numbered-chunk", "end", "error"],
 )
 def test_each_frame_kind_carries_only_its_own_fields(frame: Frame, names: set[str]) -> None:
     fields = frame.to_fields()
