@@ -8,7 +8,9 @@ Every request is accounted for, and a retry of each one that did not get its ans
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -73,6 +75,11 @@ async def _kill_the_runner_under_load(stack: Stack) -> list[Result]:
         while await _started(stack) < STREAMS:
             assert time.monotonic() < deadline, "the streams never started"
             await asyncio.sleep(0.05)  # observing another process
+        # The runner and its engine die at once, as in a crash (the engine would otherwise get a SIGTERM on its
+        # runner's death, from tiffin's parent-death signal, and let its streams finish).
+        async with session.get(f"http://127.0.0.1:{stack.runner_port}/health") as resp:
+            engine_pid = (await resp.json())["pid"]
+        os.kill(engine_pid, signal.SIGKILL)
         stack.procs["mortal-runner-1"].kill()
         # `tiffin up` would restart it; this stack has no supervisor, so the test starts its successor.
         _, stack.runner_port = stack.start_runner("mortal", "mortal-runner-2")
