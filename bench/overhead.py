@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tiffin.redis_conn import connect  # noqa: E402
-from tiffin.redis_server import free_port  # noqa: E402
+from tiffin.redis_server import free_port, redis_data_dir, running_url  # noqa: E402
 from tiffin.registry import Registry  # noqa: E402
 
 
@@ -60,18 +60,18 @@ def launch(folder: Path, port: int, admin: int, plain_http: bool) -> tuple[subpr
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log
 
 
-async def registered_runner(up_output: str) -> str:
-    """The warm runner's own URL, from the registry in the Redis `tiffin up` reports (the direct baseline)."""
-    match = re.search(r"redis\s+embedded, (redis://\S+)", up_output)
-    assert match, up_output
-    redis = connect(match.group(1))
+async def registered_runner(state_dir: Path) -> str:
+    """The warm runner's own URL, from the registry in the Redis of `tiffin up`'s state (the direct baseline)."""
+    url = running_url(redis_data_dir(state_dir))  # the printed URL has no password
+    assert url, f"no Redis running for {state_dir}"
+    redis = connect(url)
     try:
         deadline = time.monotonic() + 120
         while not (runners := await Registry(redis, "echo", "runner").ready()):
             assert time.monotonic() < deadline, "the warm runner never registered"
             await asyncio.sleep(0.2)
-        url: str = next(iter(runners.values()))["url"]
-        return url
+        runner: str = next(iter(runners.values()))["url"]
+        return runner
     finally:
         await redis.aclose()
 
@@ -120,7 +120,7 @@ async def main() -> None:
             while "ready: echo" not in (text := (folder / "up.log").read_text()):
                 assert up.poll() is None and time.monotonic() < deadline, text
                 await asyncio.sleep(0.2)
-            runner_url = await registered_runner(text)
+            runner_url = await registered_runner(folder / "state")
             found = re.search(r"echo: API key \(shown only now[^:]*: (tfn_\S+)", text)
             assert found, text
             key = found.group(1)
