@@ -17,6 +17,7 @@ import aiohttp
 import redis
 
 from tests.e2e.conftest import Stack, sse_events, wait_until, write_deployment
+from tests.faults.edge_support import tagged
 from tiffin import keys
 
 DEPLOYMENT = "echo"
@@ -126,11 +127,6 @@ def report_endings(results: list[Result], since: float) -> None:
         print(f"broken streams ended {min(broken):.1f}-{max(broken):.1f} s after the fault")
 
 
-def body_for(tag: str, stream: bool, delay_s: float) -> dict[str, Any]:
-    return {"model": DEPLOYMENT, "stream": stream, "messages": [{"role": "user", "content": tag}],
-            "tiffin_test": {"key": tag, "delay_s": delay_s}}  # fmt: skip
-
-
 async def send(session: aiohttp.ClientSession, url: str, result: Result, delay_s: float) -> Result:
     """One request, read to its end; what it saw goes into `result`."""
     try:
@@ -140,7 +136,7 @@ async def send(session: aiohttp.ClientSession, url: str, result: Result, delay_s
 
 
 async def _send(session: aiohttp.ClientSession, url: str, result: Result, delay_s: float) -> Result:
-    body = body_for(result.tag, result.stream, delay_s)
+    body = tagged(DEPLOYMENT, result.tag, result.stream, delay_s)
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         async with session.post(url + "/v1/chat/completions", json=body) as resp:
             result.status = resp.status

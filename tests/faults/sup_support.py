@@ -16,11 +16,11 @@ import signal
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from tests.e2e.conftest import sse_events, write_deployment
+from tests.faults.edge_support import tagged
 
 CLIENT_TIMEOUT_S = 150.0
 RETRY_AFTER_S = 1.0
@@ -46,16 +46,11 @@ def deployment(folder: Path, name: str = "chat", warm: bool = True) -> Path:
                             limits={"wait_timeout_s": 90, "upstream_timeout_s": 60})  # fmt: skip
 
 
-def body(tag: str, stream: bool, delay_s: float) -> dict[str, Any]:
-    return {"model": "chat", "stream": stream, "messages": [{"role": "user", "content": tag}],
-            "tiffin_test": {"delay_s": delay_s, "key": tag}}  # fmt: skip
-
-
 async def one(session: aiohttp.ClientSession, url: str, tag: str, stream: bool, delay_s: float = 0.0) -> Outcome:
     """Send one tagged request and classify what came back."""
     want = f"echo: {tag}"
     try:
-        async with session.post(f"{url}/v1/chat/completions", json=body(tag, stream, delay_s)) as resp:
+        async with session.post(f"{url}/v1/chat/completions", json=tagged("chat", tag, stream, delay_s)) as resp:
             raw = await resp.read()
             if resp.status != 200:
                 try:
