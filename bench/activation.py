@@ -37,13 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tiffin import keys  # noqa: E402
-from tiffin.frames import Envelope  # noqa: E402
+from tiffin.common.redis_conn import connect  # noqa: E402
+from tiffin.contracts.frames import Envelope  # noqa: E402
+from tiffin.contracts.queue import DeploymentQueue  # noqa: E402
+from tiffin.contracts.registry import Registry  # noqa: E402
+from tiffin.local.redis_server import EmbeddedRedis, free_port  # noqa: E402
 from tiffin.proto import externalscaler_pb2 as pb  # noqa: E402
 from tiffin.proto import externalscaler_pb2_grpc as pb_grpc  # noqa: E402
-from tiffin.queue import DeploymentQueue  # noqa: E402
-from tiffin.redis_conn import connect  # noqa: E402
-from tiffin.redis_server import EmbeddedRedis, free_port  # noqa: E402
-from tiffin.registry import Registry  # noqa: E402
 
 # The generated stub is untyped; its calls return Any either way.
 make_stub: Callable[[grpc.aio.Channel], Any] = pb_grpc.ExternalScalerStub

@@ -30,9 +30,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tiffin.redis_conn import connect  # noqa: E402
-from tiffin.redis_server import free_port, redis_data_dir, running_url  # noqa: E402
-from tiffin.registry import Registry  # noqa: E402
+from tiffin.common.redis_conn import connect  # noqa: E402
+from tiffin.contracts.registry import Registry  # noqa: E402
+from tiffin.local.redis_server import free_port, redis_data_dir, running_url  # noqa: E402
 
 
 def write_config(folder: Path) -> Path:

@@ -16,10 +16,10 @@ from interceptor.relay import Relay
 from interceptor.replies import READ_BLOCK_MS, ReplyReader
 from interceptor.routing import Router
 from interceptor.server import start_public
-from tiffin.config import load_deployments
-from tiffin.exceptions import ConfigError, TLSError
-from tiffin.logs import setup_logging
-from tiffin.redis_conn import connect_bounded
+from tiffin.common.logs import setup_logging
+from tiffin.common.redis_conn import connect_bounded
+from tiffin.contracts.config import load_deployments
+from tiffin.contracts.exceptions import ConfigError, TLSError
 from tiffin.tls import CertificateStore
 
 # The reader's reads block for READ_BLOCK_MS on purpose: its socket waits that long plus a margin.

@@ -9,8 +9,8 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from tiffin.errors import error_response
-from tiffin.exceptions import Unauthenticated
+from tiffin.contracts.errors import error_response
+from tiffin.contracts.exceptions import Unauthenticated
 
 # Probes carry no credential (a kubelet's or a load balancer's) and say nothing but up/ready.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})

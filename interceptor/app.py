@@ -14,12 +14,12 @@ from interceptor import metrics
 from interceptor.admin_auth import require_token
 from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
 from interceptor.relay import Relay
-from tiffin.config import Deployment
-from tiffin.errors import error_body, error_response
-from tiffin.exceptions import MethodNotAllowed, NotFound, RequestError
-from tiffin.frames import COMPLETION_PATHS
-from tiffin.queue import now_ms
-from tiffin.status import read_status
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.errors import error_body, error_response
+from tiffin.contracts.exceptions import MethodNotAllowed, NotFound, RequestError
+from tiffin.contracts.frames import COMPLETION_PATHS
+from tiffin.contracts.queue import now_ms
+from tiffin.contracts.status import read_status
 
 log = structlog.get_logger("interceptor")
 

@@ -23,10 +23,10 @@ from redis.exceptions import RedisError
 
 from interceptor import metrics
 from interceptor.routing import Route
-from tiffin.apikeys import ApiKey, KeySet, generation, load_keys
-from tiffin.config import Deployment
-from tiffin.exceptions import KeyConcurrencyLimited, KeyRateLimited, NotFound, Unauthenticated
-from tiffin.keylimits import KeyLimiter, Slot
+from tiffin.contracts.apikeys import ApiKey, KeySet, generation, load_keys
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.exceptions import KeyConcurrencyLimited, KeyRateLimited, NotFound, Unauthenticated
+from tiffin.contracts.keylimits import KeyLimiter, Slot
 
 log = structlog.get_logger("interceptor.auth")
 

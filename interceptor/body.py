@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tiffin.exceptions import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+from tiffin.contracts.exceptions import BadRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
 
 CHUNK_BYTES = 65_536
 IDENTITY = ("", "identity")

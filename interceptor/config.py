@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from interceptor.admin_auth import read_token
-from tiffin.addresses import is_loopback
-from tiffin.env import env_bool, env_float, env_int, env_paths, env_positive, env_str, redis_url
-from tiffin.exceptions import TLSError
+from tiffin.common.addresses import is_loopback
+from tiffin.common.env import env_bool, env_float, env_int, env_paths, env_positive, env_str, redis_url
+from tiffin.contracts.exceptions import TLSError
 from tiffin.tls import CertPair, pairs_from
 
 TLS_REQUIRED = (

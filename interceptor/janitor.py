@@ -1,4 +1,4 @@
-"""Every interceptor sweeps the queues now and then for requests whose interceptor died (see tiffin.orphans)."""
+"""Every interceptor sweeps the queues now and then for requests whose interceptor died."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from interceptor import metrics
-from tiffin.config import Deployment
-from tiffin.orphans import withdraw_orphans
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.orphans import withdraw_orphans
 
 log = structlog.get_logger("interceptor.janitor")
 

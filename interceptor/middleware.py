@@ -16,8 +16,8 @@ from aiohttp.http import HttpVersion11
 from interceptor.config import EdgeSettings
 from interceptor.forwarding import Forwarding, forwarding
 from interceptor.server import SERVER_NAME
-from tiffin.errors import error_response
-from tiffin.exceptions import BadRequest, PayloadTooLarge, RequestError, ServerFault
+from tiffin.contracts.errors import error_response
+from tiffin.contracts.exceptions import BadRequest, PayloadTooLarge, RequestError, ServerFault
 
 log = structlog.get_logger("interceptor")
 

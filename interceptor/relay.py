@@ -24,9 +24,9 @@ from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
 from interceptor.withdrawals import PendingWithdrawals
-from tiffin.config import Deployment
-from tiffin.errors import error_response, sse_error_event
-from tiffin.exceptions import (
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.errors import error_response, sse_error_event
+from tiffin.contracts.exceptions import (
     BackendUnavailable,
     BadRequest,
     Draining,
@@ -37,7 +37,7 @@ from tiffin.exceptions import (
     UpstreamTimeout,
     WaitTimeout,
 )
-from tiffin.frames import (
+from tiffin.contracts.frames import (
     COLD_START_HEADER,
     FORWARDED_HEADERS,
     QUEUE_MS_HEADER,
@@ -46,9 +46,9 @@ from tiffin.frames import (
     Frame,
     FrameKind,
 )
-from tiffin.keylimits import Slot
-from tiffin.queue import Admission, DeploymentQueue, now_ms, redis_clock_offset_ms
-from tiffin.status import end_wake
+from tiffin.contracts.keylimits import Slot
+from tiffin.contracts.queue import Admission, DeploymentQueue, now_ms, redis_clock_offset_ms
+from tiffin.contracts.status import end_wake
 
 log = structlog.get_logger("interceptor")
 

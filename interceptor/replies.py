@@ -11,9 +11,9 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tiffin import keys
-from tiffin.backoff import Backoff
-from tiffin.frames import Frame
+from tiffin.common.backoff import Backoff
+from tiffin.contracts import keys
+from tiffin.contracts.frames import Frame
 
 log = structlog.get_logger("interceptor.replies")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tiffin.config import Deployment, normalize_host
-from tiffin.exceptions import NotFound
+from tiffin.contracts.config import Deployment, normalize_host
+from tiffin.contracts.exceptions import NotFound
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from interceptor import metrics
 from interceptor.config import EdgeSettings
 from interceptor.forwarding import is_trusted
-from tiffin.errors import error_body
+from tiffin.contracts.errors import error_body
 
 log = structlog.get_logger("interceptor.edge")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import structlog
 from redis.exceptions import RedisError
 
-from tiffin.queue import DeploymentQueue
+from tiffin.contracts.queue import DeploymentQueue
 
 log = structlog.get_logger("interceptor.withdrawals")
 

@@ -11,14 +11,14 @@ from redis.exceptions import RedisError
 
 from proxy.config import ProxySettings
 from proxy.worker import Proxy
-from tiffin.backoff import Backoff
-from tiffin.config import load_deployments
-from tiffin.exceptions import ConfigError
-from tiffin.logs import setup_logging
-from tiffin.probe import wait_until_ok
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_conn import connect
-from tiffin.registry import Registry
+from tiffin.common.backoff import Backoff
+from tiffin.common.logs import setup_logging
+from tiffin.common.probe import wait_until_ok
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.config import load_deployments
+from tiffin.contracts.exceptions import ConfigError
+from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts.registry import Registry
 
 
 async def serve(settings: ProxySettings) -> int:

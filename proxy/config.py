@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiffin.env import env_float, env_paths, env_positive, env_str, redis_url
+from tiffin.common.env import env_float, env_paths, env_positive, env_str, redis_url
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,10 @@ import aiohttp
 import structlog
 from redis.exceptions import RedisError
 
-from tiffin.backoff import Backoff, is_nogroup
-from tiffin.config import Deployment
-from tiffin.frames import (
+from tiffin.common.backoff import Backoff, is_nogroup
+from tiffin.common.probe import wait_until_ok
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.frames import (
     CHUNK_MAX_BYTES,
     NOT_SERVED_HEADER,
     QUEUE_MS_HEADER,
@@ -24,9 +25,8 @@ from tiffin.frames import (
     Envelope,
     Frame,
 )
-from tiffin.probe import wait_until_ok
-from tiffin.queue import Delivery, DeploymentQueue, StartOutcome, now_ms
-from tiffin.registry import Registry
+from tiffin.contracts.queue import Delivery, DeploymentQueue, StartOutcome, now_ms
+from tiffin.contracts.registry import Registry
 
 log = structlog.get_logger("proxy")
 

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypedDict
 
-from tiffin.config import Deployment, load_deployments
-from tiffin.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
-from tiffin.exceptions import ConfigError
-from tiffin.models import default_cache_dir
+from tiffin.common.env import env_float, env_int, env_paths, env_positive, env_str, redis_url
+from tiffin.common.models import default_cache_dir
+from tiffin.contracts.config import Deployment, load_deployments
+from tiffin.contracts.exceptions import ConfigError
 
 
 def _default_replica_id() -> str:

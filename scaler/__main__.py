@@ -15,10 +15,10 @@ from redis.exceptions import RedisError
 from scaler.config import ScalerSettings
 from scaler.service import SERVICE_NAME, ExternalScaler
 from scaler.wake import WakeHub
-from tiffin.config import load_deployments
-from tiffin.exceptions import ConfigError
-from tiffin.logs import setup_logging
-from tiffin.redis_conn import connect
+from tiffin.common.logs import setup_logging
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.config import load_deployments
+from tiffin.contracts.exceptions import ConfigError
 
 HEALTH_INTERVAL_S = 2.0
 HEALTH_SERVICES = ("", SERVICE_NAME)

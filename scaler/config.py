@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiffin.env import env_float, env_int, env_paths, env_str, redis_url
+from tiffin.common.env import env_float, env_int, env_paths, env_str, redis_url
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from scaler.wake import WakeHub
-from tiffin import keys
-from tiffin.config import Deployment
-from tiffin.demand import Demand, read_demand
+from tiffin.contracts import keys
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.demand import Demand, read_demand
 from tiffin.proto import externalscaler_pb2 as pb
 from tiffin.proto import externalscaler_pb2_grpc as pb_grpc
 

@@ -16,7 +16,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tiffin import keys
+from tiffin.contracts import keys
 
 log = structlog.get_logger("scaler.wake")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from tiffin.redis_conn import connect
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.common.redis_conn import connect
+from tiffin.local.redis_server import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def log_dir(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model cache holding SmolLM2 converted from its GGUF package once per session (about 25 s)."""
-    from tiffin.models import resolve_model
+    from tiffin.common.models import resolve_model
 
     cache = tmp_path_factory.mktemp("model-cache")
     resolved = resolve_model("smollm2", cache)

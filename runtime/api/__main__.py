@@ -6,7 +6,7 @@ from aiohttp import web
 
 from runtime.api.app import create_app
 from runtime.config import ApiSettings
-from tiffin.logs import setup_logging
+from tiffin.common.logs import setup_logging
 
 # After SIGTERM aiohttp waits this long for in-flight requests, cancels their request bodies, then waits as
 # long again before cancelling them: streams get about 30 s in all to finish.

@@ -22,9 +22,10 @@ from redis.exceptions import RedisError
 from runtime.api.balancer import Balancer, Lease
 from runtime.api.load import LoadReporter
 from runtime.config import ApiSettings
-from tiffin.config import Deployment
-from tiffin.errors import error_response, sse_error_event
-from tiffin.exceptions import (
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.errors import error_response, sse_error_event
+from tiffin.contracts.exceptions import (
     BadRequest,
     Draining,
     MethodNotAllowed,
@@ -36,11 +37,10 @@ from tiffin.exceptions import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from tiffin.frames import COMPLETION_PATHS, NOT_SERVED_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER
-from tiffin.load import RunnerLoad
-from tiffin.queue import SavedResult, save_result
-from tiffin.redis_conn import connect
-from tiffin.registry import Registry
+from tiffin.contracts.frames import COMPLETION_PATHS, NOT_SERVED_HEADER, REPLY_HEADERS, WAIT_DEADLINE_HEADER
+from tiffin.contracts.load import RunnerLoad
+from tiffin.contracts.queue import SavedResult, save_result
+from tiffin.contracts.registry import Registry
 
 log = structlog.get_logger("runtime.api")
 

@@ -16,12 +16,12 @@ from typing import Any
 import structlog
 from redis.exceptions import RedisError
 
-from tiffin.exceptions import Draining, NoRunner
+from tiffin.contracts.exceptions import Draining, NoRunner
 
 log = structlog.get_logger("runtime.api.balancer")
 
 ReadyRunners = Callable[[], Awaitable[dict[str, dict[str, Any]]]]
-"""Source of ready runners: id -> info with at least "url" (`tiffin.registry.Registry.ready`)."""
+"""Source of ready runners: id -> info with at least "url" (`tiffin.contracts.registry.Registry.ready`)."""
 
 
 class Lease:

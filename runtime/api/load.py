@@ -1,4 +1,4 @@
-"""Keeps this API server's runner load report (`tiffin.load`) in Redis, for the scaler and draining runners.
+"""Keeps this API server's runner load report (`tiffin.contracts.load`) in Redis, for the scaler and draining runners.
 
 Changes are written promptly but coalesced (one write per `min_interval_s` at most); an unchanged report is
 refreshed every TTL/3 so it lapses only when this server is gone.
@@ -13,7 +13,7 @@ import structlog
 from redis.exceptions import RedisError
 
 from runtime.api.balancer import Balancer
-from tiffin.load import LoadReport, RunnerLoad
+from tiffin.contracts.load import LoadReport, RunnerLoad
 
 log = structlog.get_logger("runtime.api.load")
 

@@ -7,7 +7,7 @@ import sys
 
 from runtime.config import RunnerSettings
 from runtime.runner.supervisor import Supervisor
-from tiffin.logs import setup_logging
+from tiffin.common.logs import setup_logging
 
 
 def main() -> int:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tiffin.config import Deployment
+from tiffin.contracts.config import Deployment
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 

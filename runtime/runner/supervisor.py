@@ -20,12 +20,12 @@ from redis.exceptions import RedisError
 
 from runtime.config import RunnerSettings
 from runtime.runner.engine import engine_command, engine_env, has_gpu
-from tiffin.exceptions import ModelError
-from tiffin.load import RunnerLoad
-from tiffin.models import resolve_model
-from tiffin.parentdeath import with_parent_death
-from tiffin.redis_conn import connect
-from tiffin.registry import Registry
+from tiffin.common.models import resolve_model
+from tiffin.common.parentdeath import with_parent_death
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.exceptions import ModelError
+from tiffin.contracts.load import RunnerLoad
+from tiffin.contracts.registry import Registry
 
 log = structlog.get_logger("runtime.runner")
 

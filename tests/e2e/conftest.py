@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.procs import ROOT, Proc
-from tiffin.redis_server import EmbeddedRedis, free_port
+from tiffin.local.redis_server import EmbeddedRedis, free_port
 
 UPSTREAM = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{port}",
             "--served-model-name", "{served_model_name}"]  # fmt: skip

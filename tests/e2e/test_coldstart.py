@@ -16,7 +16,7 @@ import aiohttp
 
 from tests.e2e.conftest import Stack, write_deployment
 from tests.e2e.test_stack import chat, request_log_lines
-from tiffin.frames import COLD_START_HEADER
+from tiffin.contracts.frames import COLD_START_HEADER
 
 CHAT = "/v1/chat/completions"
 # Long enough that the cold request cannot have reached its wait deadline when the replicas start.

@@ -2,7 +2,7 @@
 once, and a connection flood from one address is capped while other clients are served.
 
 The proxy here polls request states only every 120 s, so a runner freed within the test's deadline was freed by
-the pushed cancellation (tiffin.queue.cancellations), not by the poll.
+the pushed cancellation (tiffin.contracts.queue.cancellations), not by the poll.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import pytest
 
 from tests.e2e.conftest import Stack, make_stack, write_deployment
 from tests.interceptor.rawhttp import request
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_conn import connect
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.queue import DeploymentQueue
 
 SLOW_READERS = 10
 FLOOD_BYTES = 33_000_000

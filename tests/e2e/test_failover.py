@@ -13,7 +13,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import Stack, sse_events, write_deployment
-from tiffin.queue import DeploymentQueue
+from tiffin.contracts.queue import DeploymentQueue
 
 
 async def arrivals(session: aiohttp.ClientSession, runner_port: int, key: str | None) -> int:

@@ -17,7 +17,7 @@ import openai
 from tests.e2e.conftest import write_deployment
 from tests.e2e.up import Up
 from tests.procs import ROOT
-from tiffin.redis_server import SERVER_FILE
+from tiffin.local.redis_server import SERVER_FILE
 
 KEY = re.compile(r"tfn_[0-9a-f]{12}_[A-Za-z0-9_-]{43}")
 

@@ -14,8 +14,8 @@ import openai
 import pytest
 
 from tests.e2e.conftest import Stack, make_stack, sse_events, write_deployment
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_conn import connect
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.queue import DeploymentQueue
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import openai
 from tests.e2e.conftest import write_deployment
 from tests.e2e.up import Up
 from tests.procs import ROOT
-from tiffin.redact import safe_url
-from tiffin.redis_server import EmbeddedRedis, password_of
+from tiffin.common.redact import safe_url
+from tiffin.local.redis_server import EmbeddedRedis, password_of
 
 
 def test_up_serves_then_stops_every_process_on_sigterm(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import redis
 
 from tests.e2e.conftest import Stack, sse_events, wait_until, write_deployment
 from tests.faults.edge_support import tagged
-from tiffin import keys
+from tiffin.contracts import keys
 
 DEPLOYMENT = "echo"
 REQUEST_TIMEOUT_S = 120

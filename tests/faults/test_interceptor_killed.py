@@ -12,9 +12,9 @@ import aiohttp
 from tests.e2e.conftest import write_deployment
 from tests.faults.edge_support import INCOMPLETE, Result, account, arrivals, send, stack_of
 from tests.procs import Proc
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_conn import connect
-from tiffin.redis_server import free_port
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.queue import DeploymentQueue
+from tiffin.local.redis_server import free_port
 
 EACH = 12
 DEADLINE_S = 120

@@ -31,8 +31,8 @@ from tests.faults.redeliver_support import (
     until_holds_both,
     until_runner_busy_with_both,
 )
-from tiffin import keys
-from tiffin.queue import Delivery, DeploymentQueue
+from tiffin.contracts import keys
+from tiffin.contracts.queue import Delivery, DeploymentQueue
 
 stack_factory = e2e.stack_factory  # the e2e fixture, here without a conftest of this folder's own
 

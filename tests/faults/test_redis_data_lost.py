@@ -10,7 +10,7 @@ import redis as sync_redis
 
 from tests.e2e.conftest import Stack, make_stack, wait_until
 from tests.faults.sup_support import account, deployment, launch, retry_failed, session, settle
-from tiffin import keys
+from tiffin.contracts import keys
 
 
 async def test_a_redis_that_lost_its_data_is_used_again_once_components_notice(tmp_path: Path) -> None:

@@ -18,8 +18,8 @@ import aiohttp
 
 from tests.e2e.conftest import Stack, write_deployment
 from tests.faults.edge_support import Result, account, arrivals, request_lines, send, stack_of
-from tiffin import keys
-from tiffin.redis_conn import connect
+from tiffin.common.redis_conn import connect
+from tiffin.contracts import keys
 
 STREAMS, PLAIN = 12, 12
 DEADLINE_S = 120

@@ -20,7 +20,7 @@ from tests.faults.sup_support import (
     session,
     settle,
 )
-from tiffin.redis_server import SERVER_FILE
+from tiffin.local.redis_server import SERVER_FILE
 
 
 async def test_killing_tiffin_up_leaves_no_process_and_a_new_one_starts_on_the_same_state(tmp_path: Path) -> None:

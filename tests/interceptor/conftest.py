@@ -18,10 +18,10 @@ from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
 from interceptor.server import start_public
-from tiffin.config import Deployment
-from tiffin.frames import Frame
-from tiffin.queue import Delivery, DeploymentQueue
-from tiffin.redis_server import free_port
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.frames import Frame
+from tiffin.contracts.queue import Delivery, DeploymentQueue
+from tiffin.local.redis_server import free_port
 
 TIMEOUT_S = 10.0
 
@@ -96,7 +96,7 @@ async def running_edge(
 
 
 class StandInProxy:
-    """Takes and answers requests through `tiffin.queue`, as a proxy sidecar does, under the test's control."""
+    """Takes and answers requests through `tiffin.contracts.queue` as a proxy sidecar does, under the test's control."""
 
     def __init__(self, redis: Redis, deployment: str, name: str = "proxy-test") -> None:
         self.queue = DeploymentQueue(redis, deployment)

@@ -10,11 +10,11 @@ from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
 from tests.interceptor.conftest import deployment, running_edge, serving
-from tiffin import keys
-from tiffin.frames import Envelope
-from tiffin.queue import DeploymentQueue, now_ms
-from tiffin.redis_conn import connect
-from tiffin.redis_server import free_port
+from tiffin.common.redis_conn import connect
+from tiffin.contracts import keys
+from tiffin.contracts.frames import Envelope
+from tiffin.contracts.queue import DeploymentQueue, now_ms
+from tiffin.local.redis_server import free_port
 
 
 async def test_status_lists_every_deployment_in_config_order(redis: Redis) -> None:

@@ -18,8 +18,8 @@ from interceptor.relay import Relay
 from interceptor.replies import ReplyReader
 from interceptor.routing import Router
 from tests.interceptor.conftest import deployment, serving
-from tiffin.addresses import is_loopback, url_host
-from tiffin.status_cli import show_status
+from tiffin.cli.status import show_status
+from tiffin.common.addresses import is_loopback, url_host
 
 TOKEN = "s3cret-admin-token-0123456789"
 

@@ -14,12 +14,12 @@ from redis.asyncio import Redis
 from interceptor import metrics
 from interceptor.auth import KeyGate
 from tests.interceptor.conftest import TIMEOUT_S, Edge, StandInProxy, eventually, running_edge
-from tiffin import keys
-from tiffin.apikeys import KeyLimitsOverride, create_key, revoke_key
-from tiffin.config import Deployment
-from tiffin.frames import Frame
-from tiffin.redis_conn import connect
-from tiffin.redis_server import free_port
+from tiffin.common.redis_conn import connect
+from tiffin.contracts import keys
+from tiffin.contracts.apikeys import KeyLimitsOverride, create_key, revoke_key
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.frames import Frame
+from tiffin.local.redis_server import free_port
 
 CHAT = "/v1/chat/completions"
 

@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 
 from interceptor import metrics
 from tests.interceptor.conftest import StandInProxy, deployment, eventually, running_edge
-from tiffin import keys
-from tiffin.frames import COLD_START_HEADER
-from tiffin.queue import DeploymentQueue
-from tiffin.registry import Registry
+from tiffin.contracts import keys
+from tiffin.contracts.frames import COLD_START_HEADER
+from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts.registry import Registry
 
 CHAT = "/v1/chat/completions"
 

@@ -8,7 +8,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from tests.interceptor.conftest import TIMEOUT_S, StandInProxy, deployment, running_edge
-from tiffin.frames import Frame
+from tiffin.contracts.frames import Frame
 
 
 async def _stream(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:

@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 from tests.interceptor.conftest import StandInProxy, deployment, running_edge
 from tests.interceptor.rawhttp import exchange, port_of, request
 from tests.interceptor.test_edge_http import rejected
-from tiffin import keys
+from tiffin.contracts import keys
 
 CHAT = "/v1/chat/completions"
 GOOD = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -13,7 +13,7 @@ from interceptor.config import EdgeSettings, parse_networks
 from interceptor.forwarding import forwarding
 from tests.interceptor.conftest import StandInProxy, deployment, running_edge
 from tests.interceptor.rawhttp import exchange, port_of, request
-from tiffin.frames import Frame
+from tiffin.contracts.frames import Frame
 
 CHAT = "/v1/chat/completions"
 BODY = json.dumps({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -15,8 +15,8 @@ from interceptor.config import EdgeSettings
 from tests.interceptor.conftest import TIMEOUT_S, StandInProxy, deployment, eventually, running_edge
 from tests.interceptor.rawhttp import closed_by_peer, open_raw, port_of, request
 from tests.interceptor.test_edge_http import rejected
-from tiffin.frames import Frame
-from tiffin.queue import Delivery
+from tiffin.contracts.frames import Frame
+from tiffin.contracts.queue import Delivery
 
 CHAT = "/v1/chat/completions"
 BODY = json.dumps({"model": "smollm2", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()

@@ -8,7 +8,7 @@ import aiohttp
 from redis.asyncio import Redis
 
 from tests.interceptor.conftest import StandInProxy, deployment, running_edge
-from tiffin.queue import DeploymentQueue
+from tiffin.contracts.queue import DeploymentQueue
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "handed", "messages": [{"role": "user", "content": "hi"}]}

@@ -25,11 +25,11 @@ from interceptor.config import EdgeSettings
 from interceptor.relay import sse_error_code
 from tests.interceptor.conftest import TIMEOUT_S, StandInProxy, deployment, eventually, running_edge
 from tests.interceptor.rawhttp import open_raw, port_of
-from tiffin import keys
-from tiffin.errors import sse_error_event
-from tiffin.frames import Frame
-from tiffin.redis_conn import connect_bounded
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.common.redis_conn import connect_bounded
+from tiffin.contracts import keys
+from tiffin.contracts.errors import sse_error_event
+from tiffin.contracts.frames import Frame
+from tiffin.local.redis_server import EmbeddedRedis
 
 CHAT = "/v1/chat/completions"
 REDIS_TIMEOUT_S = 1.0

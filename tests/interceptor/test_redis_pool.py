@@ -13,8 +13,8 @@ from redis.asyncio import Redis
 
 from interceptor.config import EdgeSettings, InterceptorSettings
 from tests.interceptor.conftest import TIMEOUT_S, StandInProxy, deployment, running_edge
-from tiffin.redis_conn import connect_bounded
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.common.redis_conn import connect_bounded
+from tiffin.local.redis_server import EmbeddedRedis
 
 CHAT = "/v1/chat/completions"
 BURST = 200

@@ -10,9 +10,9 @@ import pytest
 from redis.asyncio import Redis
 
 from interceptor.replies import READ_BLOCK_MS, ReplyReader
-from tiffin import keys
-from tiffin.frames import Frame
-from tiffin.queue import DeploymentQueue
+from tiffin.contracts import keys
+from tiffin.contracts.frames import Frame
+from tiffin.contracts.queue import DeploymentQueue
 
 TIMEOUT_S = 5.0
 

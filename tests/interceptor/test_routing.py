@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from interceptor.routing import Router
-from tiffin.config import Deployment
-from tiffin.exceptions import NotFound
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.exceptions import NotFound
 
 
 def dep(name: str, **routing: Any) -> Deployment:

@@ -9,11 +9,11 @@ import aiohttp
 from redis.asyncio import Redis
 
 from proxy.worker import Proxy
-from tiffin import keys
-from tiffin.config import Deployment
-from tiffin.frames import Envelope, Frame, FrameKind
-from tiffin.queue import DeploymentQueue
-from tiffin.registry import Registry
+from tiffin.contracts import keys
+from tiffin.contracts.config import Deployment
+from tiffin.contracts.frames import Envelope, Frame, FrameKind
+from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts.registry import Registry
 
 REPLY = keys.reply("interceptor-test")
 

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from tests.procs import Proc
 from tests.runtime import NAME, Server, StartApi
-from tiffin.redis_server import EmbeddedRedis, free_port
-from tiffin.registry import Registry
+from tiffin.contracts.registry import Registry
+from tiffin.local.redis_server import EmbeddedRedis, free_port
 
 
 @pytest.fixture

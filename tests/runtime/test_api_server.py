@@ -15,10 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from tests.runtime import NAME, Server, StartApi, chat, until
-from tiffin import keys
-from tiffin.frames import NOT_SERVED_HEADER
-from tiffin.queue import DeploymentQueue
-from tiffin.registry import Registry
+from tiffin.contracts import keys
+from tiffin.contracts.frames import NOT_SERVED_HEADER
+from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts.registry import Registry
 
 
 async def get_json(url: str) -> Any:

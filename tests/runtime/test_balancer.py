@@ -11,8 +11,8 @@ from redis.asyncio import Redis
 
 from runtime.api.balancer import Balancer
 from tests.runtime import until
-from tiffin.exceptions import Draining, NoRunner
-from tiffin.registry import Registry
+from tiffin.contracts.exceptions import Draining, NoRunner
+from tiffin.contracts.registry import Registry
 
 
 async def registry_with(redis: Redis, *runner_ids: str) -> Registry:

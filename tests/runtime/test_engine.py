@@ -10,7 +10,7 @@ import pytest
 
 from runtime.config import ApiSettings, RunnerSettings, local_url
 from runtime.runner.engine import engine_args_to_cli, engine_command, engine_env, has_gpu
-from tiffin.config import Deployment
+from tiffin.contracts.config import Deployment
 
 MODEL = Path("/models/smol")
 

@@ -1,4 +1,4 @@
-"""The API server's runner load report (`tiffin.load`) in a real Redis, written by a real API server process."""
+"""The API server's runner load report (`tiffin.contracts.load`) in a real Redis, from a real API server."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import aiohttp
 from redis.asyncio import Redis
 
 from tests.runtime import NAME, Server, StartApi, chat, until
-from tiffin import keys
-from tiffin.load import LoadReport, RunnerLoad
-from tiffin.redis_conn import connect
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.common.redis_conn import connect
+from tiffin.contracts import keys
+from tiffin.contracts.load import LoadReport, RunnerLoad
+from tiffin.local.redis_server import EmbeddedRedis
 
 API = "api-1"
 

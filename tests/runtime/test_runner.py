@@ -19,10 +19,10 @@ from redis.asyncio import Redis
 
 from tests.procs import Proc
 from tests.runtime import NAME, StartApi, chat, until
-from tiffin.load import LoadReport, RunnerLoad
-from tiffin.redis_conn import connect
-from tiffin.redis_server import EmbeddedRedis, free_port
-from tiffin.registry import Registry
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.load import LoadReport, RunnerLoad
+from tiffin.contracts.registry import Registry
+from tiffin.local.redis_server import EmbeddedRedis, free_port
 
 REPLICA = "runner-1"
 UPSTREAM = [sys.executable, "tests/upstream.py", "--port", "{port}", "--served-model-name", "{served_model_name}"]

@@ -25,10 +25,10 @@ from redis.asyncio import Redis
 
 from tests.e2e.conftest import write_deployment
 from tests.procs import ROOT, Proc
-from tiffin import keys
-from tiffin.frames import Envelope
-from tiffin.queue import Admission, DeploymentQueue
-from tiffin.redis_server import EmbeddedRedis, free_port
+from tiffin.contracts import keys
+from tiffin.contracts.frames import Envelope
+from tiffin.contracts.queue import Admission, DeploymentQueue
+from tiffin.local.redis_server import EmbeddedRedis, free_port
 
 _KEDA_RELATIVE = Path("shared", "reference", "keda", "externalscaler.proto")
 # KEDA's file from the team's shared folder: named by KEDA_PROTO, or beside this checkout or a folder above it.

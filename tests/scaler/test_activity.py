@@ -11,7 +11,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.scaler.conftest import Keda, enqueue
-from tiffin.queue import DeploymentQueue
+from tiffin.contracts.queue import DeploymentQueue
 
 PUSH_DEADLINE_S = 5.0
 """Far below the scaler's 30 s poll interval: only the wake can explain an answer this fast."""

@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2
 from redis.asyncio import Redis
 
 from tests.scaler.conftest import SERVICE, Keda, Scaler, enqueue, health_status
-from tiffin.load import LoadReport, RunnerLoad
-from tiffin.queue import DeploymentQueue
+from tiffin.contracts.load import LoadReport, RunnerLoad
+from tiffin.contracts.queue import DeploymentQueue
 
 
 async def metric(stub: Any, keda: Keda, deployment: str, component: str) -> tuple[str, float, int]:

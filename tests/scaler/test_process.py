@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 from tests.e2e.conftest import write_deployment
 from tests.procs import ROOT
 from tests.scaler.conftest import Keda, enqueue, start_scaler, write_deployments
-from tiffin.queue import DeploymentQueue
-from tiffin.redis_conn import connect
-from tiffin.redis_server import EmbeddedRedis, free_port
+from tiffin.common.redis_conn import connect
+from tiffin.contracts.queue import DeploymentQueue
+from tiffin.local.redis_server import EmbeddedRedis, free_port
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

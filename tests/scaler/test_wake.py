@@ -9,9 +9,9 @@ import pytest
 from redis.asyncio import Redis
 
 from scaler.wake import WakeHub
-from tiffin import keys
-from tiffin.redis_conn import connect
-from tiffin.redis_server import EmbeddedRedis
+from tiffin.common.redis_conn import connect
+from tiffin.contracts import keys
+from tiffin.local.redis_server import EmbeddedRedis
 
 WAIT_S = 10.0
 

@@ -9,8 +9,8 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tiffin.env import env_bool, env_paths
-from tiffin.exceptions import TLSError
+from tiffin.common.env import env_bool, env_paths
+from tiffin.contracts.exceptions import TLSError
 from tiffin.tls.localca import ensure_local_tls, hosts_for, machine_names
 from tiffin.tls.pair import load_pair, pairs_from
 from tiffin.tls.store import EXPIRY_WARNING

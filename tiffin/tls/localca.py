@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tiffin.exceptions import TLSError
+from tiffin.contracts.exceptions import TLSError
 
 CA_FILE, CA_KEY_FILE = "ca.pem", "ca-key.pem"
 CERT_FILE, KEY_FILE = "server.pem", "server-key.pem"

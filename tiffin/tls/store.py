@@ -11,7 +11,7 @@ from pathlib import Path
 
 import structlog
 
-from tiffin.exceptions import TLSError
+from tiffin.contracts.exceptions import TLSError
 from tiffin.tls.pair import CertPair, LoadedPair, digest_of, load_pair, read_pair, server_context
 
 log = structlog.get_logger("tiffin.tls")

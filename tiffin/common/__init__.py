@@ -1,0 +1,1 @@
+"""Plumbing every component shares: Redis connections, back-off, logging, environment, probes."""

@@ -1,0 +1,1 @@
+"""The single-machine platform: `tiffin up`'s process supervisor, local autoscaler and embedded Redis."""
