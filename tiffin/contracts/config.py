@@ -104,6 +104,10 @@ class Runner(_Scaled):
         "are filled in.",
     )
     startup_timeout_s: float = Field(900, gt=0, description="How long the engine may take to become ready.")
+    gpus: int = Field(0, ge=0, le=16, description="GPUs per runner replica; 0 runs the engine on CPUs.")
+    gpu_type: str | None = Field(
+        None, description="GPU model to schedule runners on (a node label value on Kubernetes), e.g. nvidia-l4."
+    )
 
     @field_validator("engine_args")
     @classmethod

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tiffin.local import processes as local
 from tiffin.local.processes import ManagedProcess, ProcessSpec, Supervisor, tail
-from tiffin.local.processes import processes as local
 
 
 async def test_a_crashed_process_is_restarted_and_its_last_words_are_shown(tmp_path: Path) -> None:
