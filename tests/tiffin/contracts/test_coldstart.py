@@ -85,6 +85,17 @@ async def test_the_first_mark_of_a_phase_wins(redis: Redis) -> None:
     assert await redis.hget(keys.cold_start_phases(DEP), "api_ready") == api_ready
 
 
+async def test_only_the_first_replica_ready_of_a_component_marks_its_phase(redis: Redis) -> None:
+    # The runner stayed warm; only the API servers went to zero. A second runner joining is no engine start.
+    await Registry(redis, DEP, "runner").register("runner-1", {"url": "http://127.0.0.1:2"})
+    await wake(redis, "waker")
+    await Registry(redis, DEP, "runner").register("runner-2", {"url": "http://127.0.0.1:3"})
+    await Registry(redis, DEP, "api").register("api-1", {"url": "http://127.0.0.1:1"})
+    record = await end_wake(redis, DEP, "waker", 500)
+    assert record is not None
+    assert list(record.phases) == ["api_ready", "first_byte"]
+
+
 async def test_marks_for_another_request_or_a_finished_cold_start_are_ignored(redis: Redis) -> None:
     queue = await wake(redis, "waker")
     await queue.admit(arriving("follower"), max_waiting=10, ttl_s=60)
