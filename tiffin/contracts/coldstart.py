@@ -66,7 +66,7 @@ end
 _MARK = MARK_FUNCTION + "return mark_phase(KEYS[1], KEYS[2], ARGV[1], ARGV[2])"
 
 # KEYS: waking mark, last cold start (hash), phases hash, records (list).
-# ARGV: request id, duration ms ('' when the start did not finish), now ms, records kept, phase names...
+# ARGV: request id, duration ms ('' when the start did not finish), now ms, records kept, names of marked phases...
 # Compare-and-delete: a request whose mark expired (or was ended) must not end, or take credit for, a cold start
 # that a later request started. `first_byte` is the caller's duration (the waking request's own measure: arrival
 # to its reply's head), so the record's total and the reply's x-tiffin-cold-start-ms header agree exactly.
@@ -176,7 +176,8 @@ async def end_wake(
     duration = "" if duration_ms is None else str(round(duration_ms))
     script_keys = [keys.waking(deployment), keys.cold_start(deployment), keys.cold_start_phases(deployment),
                    keys.cold_starts(deployment)]  # fmt: skip
-    reply: Any = await script(keys=script_keys, args=[request_id, duration, _now_ms(), MAX_RECORDS, *PHASES])
+    marked = [p for p in PHASES if p != "first_byte"]  # first_byte is the caller's to tell, below
+    reply: Any = await script(keys=script_keys, args=[request_id, duration, _now_ms(), MAX_RECORDS, *marked])
     if not reply:
         return None
     return ColdStart.from_json(json.loads(reply))
