@@ -28,6 +28,21 @@ COLD_START_WAIT = Histogram(
     "Time from enqueue until the reply started, for requests that found the deployment cold.",
     ["deployment"], buckets=_WAIT_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
+COLD_START = Histogram(
+    "tiffin_cold_start_seconds",
+    "Finished cold starts: from the arrival of the request that woke the deployment to its reply's first byte.",
+    ["deployment"], buckets=_WAIT_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+COLD_START_PHASE = Histogram(
+    "tiffin_cold_start_phase_seconds",
+    "Finished cold starts: from the waking request's arrival to each phase (activated, replica_started, api_ready, "
+    "engine_ready, dispatched, first_byte), for the phases seen.",
+    ["deployment", "phase"], buckets=_WAIT_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
+COLD_STARTS = Counter(
+    "tiffin_cold_starts", "Cold starts ended, by outcome: ok (the waking request got its reply) or failed.",
+    ["deployment", "outcome"], registry=REGISTRY,
+)  # fmt: skip
 WITHDRAWN = Counter(
     "tiffin_requests_withdrawn", "Queued requests withdrawn because their interceptor died or their wait ran out.",
     ["deployment", "reason"], registry=REGISTRY,

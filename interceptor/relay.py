@@ -24,6 +24,7 @@ from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
 from interceptor.withdrawals import PendingWithdrawals
+from tiffin.contracts.coldstart import ColdStart, end_wake
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.errors import error_response, sse_error_event
 from tiffin.contracts.exceptions import (
@@ -39,6 +40,7 @@ from tiffin.contracts.exceptions import (
 )
 from tiffin.contracts.frames import (
     COLD_START_HEADER,
+    COLD_START_PHASES_HEADER,
     FORWARDED_HEADERS,
     QUEUE_MS_HEADER,
     REPLY_HEADERS,
@@ -48,7 +50,6 @@ from tiffin.contracts.frames import (
 )
 from tiffin.contracts.keylimits import Slot
 from tiffin.contracts.queue import Admission, DeploymentQueue, now_ms, redis_clock_offset_ms
-from tiffin.contracts.status import end_wake
 
 log = structlog.get_logger("interceptor")
 
@@ -81,6 +82,8 @@ class Outcome:
     queue_ms: float | None = None
     cold_start_ms: int | None = None
     """Set for a request that found the deployment cold: enqueue until its head frame."""
+    cold_start: ColdStart | None = None
+    """The cold start this request woke the deployment for, recorded when its head came."""
     started: float = field(default_factory=time.monotonic)
     detail: str | None = None
     delivered: bool = False
@@ -301,15 +304,18 @@ class Relay:
         # The answer is on its way: a lost statistic must not stop it.
         try:
             async with asyncio.timeout(self.edge.redis_timeout_s):
-                await asyncio.shield(end_wake(self.redis, deployment.name, envelope.request_id, outcome.cold_start_ms))
+                ending = end_wake(self.redis, deployment.name, envelope.request_id, outcome.cold_start_ms)
+                outcome.cold_start = await asyncio.shield(ending)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("cold_start_not_recorded", deployment=deployment.name, error=str(exc))
+        _observe_cold_start(deployment.name, outcome.cold_start)
 
     async def _clear_wake(self, deployment: str, request_id: str) -> None:
+        """End the cold start `request_id` started as failed: it got no reply (or only a 503 for want of one)."""
         # Best effort: the mark expires after the wait timeout anyway, and the request's own answer matters more.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.edge.redis_timeout_s):
-                await end_wake(self.redis, deployment, request_id)
+                _observe_cold_start(deployment, await end_wake(self.redis, deployment, request_id))
 
     async def _backend(self, step: Awaitable[T], deployment: str) -> T:
         """One Redis step of a request, bounded by TIFFIN_REDIS_TIMEOUT_S; a failure is `BackendUnavailable` (503).
@@ -402,6 +408,8 @@ class Relay:
         response.headers["X-Request-Id"] = outcome.request_id
         if outcome.cold_start_ms is not None:
             response.headers[COLD_START_HEADER] = str(outcome.cold_start_ms)
+        if outcome.cold_start is not None:
+            response.headers[COLD_START_PHASES_HEADER] = outcome.cold_start.header()
         await response.prepare(request)
         sse = head.headers.get("content-type", "").startswith("text/event-stream")
         gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
@@ -498,6 +506,19 @@ class Relay:
             detail=outcome.detail,
             error=outcome.error,
         )
+
+
+def _observe_cold_start(deployment: str, record: ColdStart | None) -> None:
+    """Count a cold start this interceptor ended (each is ended once, by its waking request): its outcome, and for
+    a finished one its total and phases."""
+    if record is None:
+        return
+    metrics.COLD_STARTS.labels(deployment, record.outcome).inc()
+    if record.total_ms is None:
+        return
+    metrics.COLD_START.labels(deployment).observe(record.total_ms / 1000)
+    for phase, ms in record.phases.items():
+        metrics.COLD_START_PHASE.labels(deployment, phase).observe(ms / 1000)
 
 
 def sse_error_code(data: bytes) -> str | None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from scaler.wake import WakeHub
-from tiffin.contracts import keys
+from tiffin.contracts import coldstart, keys
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.demand import Demand, read_demand
 from tiffin.proto import externalscaler_pb2 as pb
@@ -131,7 +131,7 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
                 # (types-grpcio declares the callback as a class, so no plain callable matches it.)
                 context.add_done_callback(lambda _: waiter.notify(wake=False))  # type: ignore[arg-type]
                 last = await self._active(deployment, context)
-                await context.write(pb.IsActiveResponse(result=last))
+                await self._push(deployment, last, context)
                 while True:
                     await waiter.wait(self._poll_s)
                     if self.stopping.is_set() or context.done():
@@ -139,11 +139,18 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
                     woken = waiter.take() > 0
                     active = await self._active(deployment, context)
                     if active != last or (woken and active):
-                        await context.write(pb.IsActiveResponse(result=active))
+                        await self._push(deployment, active, context)
                         log.debug("stream_sent", deployment=deployment.name, component=component, active=active)
                     last = active
         finally:
             log.info("stream_closed", deployment=deployment.name, component=component)
+
+    async def _push(self, deployment: Deployment, active: bool, context: Context) -> None:
+        """Send one StreamIsActive message; a `true` marks the `activated` phase of a cold start under way."""
+        if active:
+            # Marked just before the push, so it is never later than what the scaling writer does on hearing it.
+            await coldstart.note(self._redis, deployment.name, "activated", timeout_s=1.0)
+        await context.write(pb.IsActiveResponse(result=active))
 
     async def GetMetricSpec(self, request: pb.ScaledObjectRef, context: Context) -> pb.GetMetricSpecResponse:
         deployment, component = await self._target(request, context)

@@ -11,7 +11,8 @@ from redis.asyncio import Redis
 from interceptor import metrics
 from tests.interceptor.conftest import StandInProxy, deployment, eventually, running_edge
 from tiffin.contracts import keys
-from tiffin.contracts.frames import COLD_START_HEADER
+from tiffin.contracts.coldstart import recent_cold_starts
+from tiffin.contracts.frames import COLD_START_HEADER, COLD_START_PHASES_HEADER
 from tiffin.contracts.queue import DeploymentQueue
 from tiffin.contracts.registry import Registry
 
@@ -24,6 +25,11 @@ def body(model: str) -> dict[str, object]:
 
 def cold_starts_observed(name: str) -> float:
     return metrics.REGISTRY.get_sample_value("tiffin_cold_start_wait_seconds_count", {"deployment": name}) or 0.0
+
+
+def cold_starts_ended(name: str, outcome: str) -> float:
+    labels = {"deployment": name, "outcome": outcome}
+    return metrics.REGISTRY.get_sample_value("tiffin_cold_starts_total", labels) or 0.0
 
 
 async def make_warm(redis: Redis, name: str) -> None:
@@ -41,12 +47,21 @@ async def test_cold_request_reports_its_wait_and_records_the_cold_start(redis: R
         async with await request as resp:
             assert resp.status == 200
             waited_ms = int(resp.headers[COLD_START_HEADER])
+            phases = resp.headers[COLD_START_PHASES_HEADER]
             assert await resp.json() == {"ok": True}
     assert waited_ms >= 0
     recorded = await redis.hgetall(keys.cold_start("cold-a"))
     assert int(recorded[b"duration_ms"]) == waited_ms
     assert await redis.exists(keys.waking("cold-a")) == 0
     assert cold_starts_observed("cold-a") == 1.0
+    # No scaler or registry here: the proxy's take and the reply's head are the phases seen.
+    [record] = await recent_cold_starts(redis, "cold-a")
+    assert list(record.phases) == ["dispatched", "first_byte"] and record.total_ms == waited_ms
+    assert phases == record.header() and phases.endswith(f";first_byte={waited_ms}")
+    assert cold_starts_ended("cold-a", "ok") == 1.0
+    count = metrics.REGISTRY.get_sample_value("tiffin_cold_start_phase_seconds_count",
+                                              {"deployment": "cold-a", "phase": "dispatched"})  # fmt: skip
+    assert count == 1.0
 
 
 async def test_warm_request_gets_no_cold_start_header(redis: Redis) -> None:
@@ -57,8 +72,8 @@ async def test_warm_request_gets_no_cold_start_header(redis: Redis) -> None:
         await proxy.answer(await proxy.take_one())
         async with await request as resp:
             assert resp.status == 200
-            assert COLD_START_HEADER not in resp.headers
-    assert await redis.exists(keys.waking("warm-a"), keys.cold_start("warm-a")) == 0
+            assert COLD_START_HEADER not in resp.headers and COLD_START_PHASES_HEADER not in resp.headers
+    assert await redis.exists(keys.waking("warm-a"), keys.cold_start("warm-a"), keys.cold_starts("warm-a")) == 0
     assert cold_starts_observed("warm-a") == 0.0
 
 
@@ -75,6 +90,7 @@ async def test_only_the_request_that_woke_the_deployment_records_the_cold_start(
         async with await second as resp:
             assert resp.status == 200
             assert int(resp.headers[COLD_START_HEADER]) >= 0
+            assert COLD_START_PHASES_HEADER not in resp.headers  # the phases are the waking request's to tell
         assert await redis.exists(keys.cold_start("cold-b")) == 0
         assert await redis.exists(keys.waking("cold-b")) == 1
 
@@ -109,6 +125,9 @@ async def test_a_waking_request_that_never_gets_a_head_clears_the_waking_mark(re
         await eventually(lambda: _gone(redis, keys.waking(name)))
     assert await redis.exists(keys.cold_start(name)) == 0
     assert cold_starts_observed(name) == 0.0
+    [record] = await recent_cold_starts(redis, name)
+    assert (record.outcome, record.total_ms) == ("failed", None) and "first_byte" not in record.phases
+    assert cold_starts_ended(name, "failed") == 1.0 and cold_starts_ended(name, "ok") == 0.0
 
 
 async def test_a_no_runner_answer_is_not_recorded_as_a_finished_cold_start(redis: Redis) -> None:
@@ -119,7 +138,11 @@ async def test_a_no_runner_answer_is_not_recorded_as_a_finished_cold_start(redis
         async with await request as resp:
             assert resp.status == 503
             assert int(resp.headers[COLD_START_HEADER]) >= 0  # the client did wait for it
+            assert COLD_START_PHASES_HEADER not in resp.headers
     assert await redis.exists(keys.waking("cold-c"), keys.cold_start("cold-c")) == 0
+    [record] = await recent_cold_starts(redis, "cold-c")
+    assert record.outcome == "failed" and record.phases == {"dispatched": record.phases["dispatched"]}
+    assert cold_starts_ended("cold-c", "failed") == 1.0
 
 
 async def _waiting(queue: DeploymentQueue) -> bool:

@@ -11,7 +11,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.scaler.conftest import Keda, enqueue
-from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts import keys
+from tiffin.contracts.queue import DeploymentQueue, now_ms
 
 PUSH_DEADLINE_S = 5.0
 """Far below the scaler's 30 s poll interval: only the wake can explain an answer this fast."""
@@ -103,4 +104,26 @@ async def test_every_wake_is_sent_as_true_even_when_already_active(redis: Redis,
 
     reply = await asyncio.wait_for(stream.read(), PUSH_DEADLINE_S)
     assert reply.result is True
+    stream.cancel()
+
+
+async def test_pushing_true_marks_the_activated_phase_of_the_cold_start(redis: Redis, stub: Any, keda: Keda) -> None:
+    stream = stub.StreamIsActive(keda.ref("beta", "runner"))
+    assert (await stream.read()).result is False
+    [admission] = await enqueue(redis, "beta")
+    assert admission.woke
+
+    assert (await asyncio.wait_for(stream.read(), PUSH_DEADLINE_S)).result is True
+
+    # Marked before the push went out, so it is there by the time KEDA (here: this test) hears it.
+    phases = await redis.hgetall(keys.cold_start_phases("beta"))
+    assert int(phases[b"activated"]) >= int(phases[b"arrived"]) - 1000  # Redis's clock; arrival by the enqueuer's
+    stream.cancel()
+
+
+async def test_pushing_true_with_no_cold_start_under_way_marks_nothing(redis: Redis, stub: Any, keda: Keda) -> None:
+    await redis.set(keys.activity("gamma"), now_ms())  # active for its idle period, and no request is waking it
+    stream = stub.StreamIsActive(keda.ref("gamma", "api"))
+    assert (await stream.read()).result is True  # marked (or not) before it was pushed
+    assert await redis.exists(keys.cold_start_phases("gamma"), keys.waking("gamma")) == 0
     stream.cancel()

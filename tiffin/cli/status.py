@@ -9,6 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tiffin.contracts.coldstart import ColdStart
+
 
 def fetch_status(admin_url: str, timeout_s: float = 5.0, token: str | None = None) -> dict[str, Any]:
     """GET /api/status from a running interceptor's admin listener (with its token, if it has one)."""
@@ -39,7 +41,12 @@ def render(data: dict[str, Any]) -> str:
                      str(dep["in_flight"]), wait, cold))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join([*lines, "(API and RUNNER: ready/desired replicas)"])
+    lines.append("(API and RUNNER: ready/desired replicas)")
+    for dep in data.get("deployments", []):
+        last = dep.get("last_cold_start")
+        if last:  # each phase in seconds since the waking request arrived
+            lines.append(f"{dep['name']}: last {ColdStart.from_json(last).describe()}")
+    return "\n".join(lines)
 
 
 def show_status(admin_url: str, as_json: bool, token_file: Path | None = None) -> int:

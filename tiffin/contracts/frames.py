@@ -25,6 +25,9 @@ WAIT_DEADLINE_HEADER = "X-Tiffin-Wait-Deadline-Ms"
 QUEUE_MS_HEADER = "x-tiffin-queue-ms"
 # Set by the interceptor on replies to requests that found the deployment cold: how long they waited (ms).
 COLD_START_HEADER = "x-tiffin-cold-start-ms"
+# Set by the interceptor on the reply to the request that woke the deployment: each cold-start phase seen, in ms
+# since the request arrived (`activated=40;replica_started=300;...;first_byte=6200`).
+COLD_START_PHASES_HEADER = "x-tiffin-cold-start-phases"
 # API server -> proxy, on an error reply: the request reached no runner and should be served by another
 # replica (value: why, e.g. "draining"). The proxy puts it back in the queue instead of relaying the error.
 NOT_SERVED_HEADER = "X-Tiffin-Not-Served"

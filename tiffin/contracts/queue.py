@@ -27,16 +27,18 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from tiffin.contracts import keys
+from tiffin.contracts.coldstart import MARK_FUNCTION
 from tiffin.contracts.exceptions import BackendUnavailable, QueueFull
 from tiffin.contracts.frames import Envelope, Fields, Frame
 
 # Reply streams are read continuously; the cap only guards against a reader that stopped for good.
 REPLY_STREAM_MAXLEN = 100_000
 
-# KEYS: queue, request state, activity, api registry, runner registry, waking.
+# KEYS: queue, request state, activity, api registry, runner registry, waking, cold-start phases.
 # ARGV: max waiting, group, state ttl s, now ms, deployment, wake channel, waking ttl ms, request id,
-# accept until (epoch ms, or ''), fields...
-# The waking mark holds the id of the request that started the cold start, so only that request ends it.
+# accept until (epoch ms, or ''), arrival (epoch ms by Redis's clock), fields...
+# The waking mark holds the id of the request that started the cold start, so only that request ends it; the
+# phases hash beside it starts afresh with it (see tiffin.contracts.coldstart).
 # Returns false (full) or {entry id, 0 warm | 1 cold | 2 cold and this request started the wake}. The wake is
 # published in the same script as the enqueue, so a scaler's open StreamIsActive hears it at once.
 # Idempotent: a request whose state exists already was enqueued by an earlier try (a reply lost to a timeout,
@@ -57,14 +59,19 @@ if ok and type(info) == 'table' then pending = info[1] end
 if len - pending >= tonumber(ARGV[1]) then return false end
 redis.call('HSET', KEYS[2], 'state', 'queued')
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 10))
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 11))
 redis.call('HSET', KEYS[2], 'entry', id)
 redis.call('SET', KEYS[3], ARGV[4])
 local now = tonumber(ARGV[4])
 local cold = 0
 if redis.call('ZCOUNT', KEYS[4], '(' .. now, '+inf') == 0 or redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') == 0 then
   cold = 1
-  if redis.call('SET', KEYS[6], ARGV[8], 'NX', 'PX', ARGV[7]) then cold = 2 end
+  if redis.call('SET', KEYS[6], ARGV[8], 'NX', 'PX', ARGV[7]) then
+    cold = 2
+    redis.call('DEL', KEYS[7])
+    redis.call('HSET', KEYS[7], 'rid', ARGV[8], 'arrived', ARGV[10])
+    redis.call('PEXPIRE', KEYS[7], ARGV[7])
+  end
   redis.call('PUBLISH', ARGV[6], ARGV[5])
 end
 return {id, cold}
@@ -88,16 +95,22 @@ end
 return st
 """
 
-# KEYS: request state, saved result. 'done': taken, and a runner already answered it (answer from the record).
-_TAKE = """
+# KEYS: request state, saved result, waking mark, cold-start phases. ARGV: owner, now ms, request id.
+# 'done': taken, and a runner already answered it (answer from the record). Taking the request that woke the
+# deployment marks the cold start's `dispatched` phase here, so a warm request pays no extra round trip.
+_TAKE = (
+    MARK_FUNCTION
+    + """
 local st = redis.call('HGET', KEYS[1], 'state')
 if st == 'queued' or st == 'taken' then
   redis.call('HSET', KEYS[1], 'state', 'taken', 'owner', ARGV[1], 'taken_ms', ARGV[2])
+  mark_phase(KEYS[3], KEYS[4], 'dispatched', ARGV[3])
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'done' end
   return 'taken'
 end
 return st
 """
+)
 
 # Fenced start: only the request's current owner, and only while it is 'taken', writes the head frame. A proxy
 # wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
@@ -275,13 +288,14 @@ class DeploymentQueue:
         """
         now = now_ms()
         until = "" if accept_within_s is None else str(now + redis_clock_offset_ms + int(accept_within_s * 1000))
+        arrived = (envelope.enqueued_ms or now) + redis_clock_offset_ms  # a cold start's phase 0, by Redis's clock
         args: list[str | bytes | int] = [max_waiting, keys.GROUP, ttl_s, now, self.deployment, keys.WAKE_CHANNEL,
-                                         int(wake_ttl_s * 1000), envelope.request_id, until]  # fmt: skip
+                                         int(wake_ttl_s * 1000), envelope.request_id, until, arrived]  # fmt: skip
         for name, value in envelope.to_fields().items():
             args.extend((name, value))
         script_keys = [self.key, keys.request(envelope.request_id), keys.activity(self.deployment),
                        keys.replicas(self.deployment, "api"), keys.replicas(self.deployment, "runner"),
-                       keys.waking(self.deployment)]  # fmt: skip
+                       keys.waking(self.deployment), keys.cold_start_phases(self.deployment)]  # fmt: skip
         reply: Any = await self._enqueue(keys=script_keys, args=args)
         if reply is None:
             raise QueueFull(f"deployment '{self.deployment}' has {max_waiting} requests waiting already; retry shortly")
@@ -345,7 +359,9 @@ class DeploymentQueue:
     async def take(self, request_id: str, consumer: str) -> str | None:
         """Claim the request for serving: 'taken' to serve it, 'done' to answer it from `saved_result` (a runner
         answered it already); anything else means skip it (see module docstring)."""
-        state = await self._take(keys=[keys.request(request_id), keys.result(request_id)], args=[consumer, now_ms()])
+        script_keys = [keys.request(request_id), keys.result(request_id), keys.waking(self.deployment),
+                       keys.cold_start_phases(self.deployment)]  # fmt: skip
+        state = await self._take(keys=script_keys, args=[consumer, now_ms(), request_id])
         return _text(state)
 
     async def cancellations(self, stop: asyncio.Event, on_cancel: Callable[[str], None]) -> None:

@@ -16,6 +16,7 @@ import structlog
 from redis.asyncio import Redis
 
 from tiffin.contracts import keys
+from tiffin.contracts.coldstart import MARK_FUNCTION
 from tiffin.contracts.queue import now_ms
 
 log = structlog.get_logger("tiffin.contracts.registry")
@@ -104,6 +105,22 @@ class ExpiringMap:
                 log.warning("heartbeat_failed", replica=replica_id, error=str(exc))
 
 
+# KEYS: info hash, expiry set, waking mark, cold-start phases. ARGV: replica id, info JSON, lapse ms, phase, now ms.
+# A registration is when a replica became ready: one that takes its component from none ready to one, during a
+# cold start, marks that phase in the same step, so nothing in runtime/ needs to know about cold starts (and a
+# second runner joining one that was warm all along is not the engine becoming ready).
+_REGISTER = (
+    MARK_FUNCTION
+    + """
+local first = redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[5], '+inf') == 0
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+if first then mark_phase(KEYS[3], KEYS[4], ARGV[4], '') end
+return 1
+"""
+)
+
+
 class Registry(ExpiringMap):
     """Ready replicas of one component of one deployment."""
 
@@ -111,3 +128,12 @@ class Registry(ExpiringMap):
         super().__init__(redis, keys.replicas(deployment, component), keys.replica_info(deployment, component), ttl_s)
         self.deployment = deployment
         self.component = component
+        self._register = redis.register_script(_REGISTER)
+
+    async def register(self, replica_id: str, info: dict[str, Any]) -> None:
+        """List the replica as ready; the first of its component ready during a cold start marks `api_ready` (an
+        API server's proxy registers once its API server answers) or `engine_ready` (a runner, once warmed up)."""
+        phase = "api_ready" if self.component == "api" else "engine_ready"
+        script_keys = [self._info, self._set, keys.waking(self.deployment), keys.cold_start_phases(self.deployment)]
+        now = now_ms()
+        await self._register(keys=script_keys, args=[replica_id, json.dumps(info), now + self.ttl_ms, phase, now])

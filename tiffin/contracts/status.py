@@ -12,6 +12,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from tiffin.contracts import keys
+from tiffin.contracts.coldstart import ColdStart, recent_cold_starts
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.demand import read_demand
 from tiffin.contracts.queue import DeploymentQueue, now_ms
@@ -42,7 +43,11 @@ class DeploymentStatus:
     oldest_waiting_s: float | None
     idle_s: float | None
     last_cold_start_s: float | None
+    """The last finished cold start's duration (arrival to first byte)."""
     last_cold_start_at_ms: int | None
+    """When the last finished cold start ended (epoch ms)."""
+    last_cold_start: ColdStart | None
+    """The last cold start with its phases, finished or failed (`ColdStart.to_json()` in the JSON)."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,30 +58,6 @@ async def write_desired(redis: Redis, deployment: str, component: keys.Component
     await redis.hset(keys.desired(deployment), mapping={component: replicas, "updated_ms": now_ms()})
 
 
-# KEYS: waking mark, cold-start record. ARGV: request id, duration ms (empty: the start did not finish), now ms.
-# Compare-and-delete: a request whose mark expired (or was ended) must not end, or take credit for, a cold
-# start that a later request started.
-_END_WAKE = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('DEL', KEYS[1])
-if ARGV[2] ~= '' then redis.call('HSET', KEYS[2], 'duration_ms', ARGV[2], 'at_ms', ARGV[3]) end
-return 1
-"""
-
-
-async def end_wake(redis: Redis, deployment: str, request_id: str, duration_ms: float | None = None) -> bool:
-    """End the cold start `request_id` started: record its duration if it finished, and let the next one begin.
-
-    Returns False (and changes nothing) when the mark is no longer this request's.
-    """
-    script = redis.register_script(_END_WAKE)
-    duration = "" if duration_ms is None else str(round(duration_ms))
-    done: Any = await script(
-        keys=[keys.waking(deployment), keys.cold_start(deployment)], args=[request_id, duration, now_ms()]
-    )
-    return bool(done)
-
-
 async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
     """One deployment's status, from Redis alone (any interceptor or CLI can answer it)."""
     demand = await read_demand(redis, deployment)
@@ -85,6 +66,7 @@ async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
     cold: Any = await redis.hgetall(keys.cold_start(deployment.name))
     woke = bool(await redis.exists(keys.waking(deployment.name)))
     oldest = await DeploymentQueue(redis, deployment.name).oldest_waiting_ms()
+    last = await recent_cold_starts(redis, deployment.name, limit=1)
 
     def component(name: keys.Component) -> ComponentStatus:
         spec = deployment.component(name)
@@ -112,4 +94,5 @@ async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
         idle_s=None if idle == float("inf") else round(idle, 1),
         last_cold_start_s=int(cold[b"duration_ms"]) / 1000 if b"duration_ms" in cold else None,
         last_cold_start_at_ms=int(cold[b"at_ms"]) if b"at_ms" in cold else None,
+        last_cold_start=last[0] if last else None,
     )

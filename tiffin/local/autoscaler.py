@@ -21,7 +21,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from tiffin.contracts import keys
+from tiffin.contracts import coldstart, keys
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.registry import Registry
 from tiffin.contracts.status import write_desired
@@ -153,6 +153,8 @@ class ComponentAutoscaler:
         self.replicas = wanted
         await self._record(wanted)
         await self.backend.scale(self.deployment, self.component, wanted)
+        if before == 0 and wanted > 0 and self.redis is not None:
+            await coldstart.note(self.redis, self.deployment.name, "replica_started")
         if before == 0 and wanted > 0 and self.redis is not None and self._progress is None:
             self._progress = asyncio.create_task(self._show_cold_start(self.redis), name=f"progress-{self.label}")
 

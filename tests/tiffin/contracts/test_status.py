@@ -6,8 +6,8 @@ from redis.asyncio import Redis
 
 from tests.tiffin.contracts.test_queue import envelope
 from tiffin.contracts import keys
+from tiffin.contracts.coldstart import end_wake
 from tiffin.contracts.queue import DeploymentQueue
-from tiffin.contracts.status import end_wake
 
 DEP = "wake-dep"
 
