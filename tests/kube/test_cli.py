@@ -49,11 +49,11 @@ def test_without_output_one_yaml_stream_goes_to_stdout() -> None:
     assert done.returncode == 0, done.stderr
     objects = list(yaml.safe_load_all(done.stdout))
     assert [o["kind"] for o in objects] == [
-        "ConfigMap", "PersistentVolumeClaim", "Service", "Service", "Deployment", "Deployment", "ScaledObject",
-        "ScaledObject",
+        "ConfigMap", "PersistentVolumeClaim", "Service", "Service", "NetworkPolicy", "NetworkPolicy", "Deployment",
+        "Deployment", "ScaledObject", "ScaledObject",
     ]  # fmt: skip
     assert {o["metadata"]["namespace"] for o in objects} == {"llms"}
-    api = objects[4]["spec"]["template"]["spec"]["containers"]
+    api = objects[6]["spec"]["template"]["spec"]["containers"]
     assert {c["image"] for c in api} == {"registry.example/tiffin:1"}
     # The file goes into the ConfigMap as written, comments and all (block style, readable in kubectl).
     assert objects[0]["data"]["deployment.yaml"] == EXAMPLES[0].read_text()

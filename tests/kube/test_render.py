@@ -17,7 +17,7 @@ from kubernetes_validate import utils as kubernetes_validate
 from tests.kube.schemas import errors, keda_scaledobject_validator
 from tests.procs import ROOT
 from tiffin.contracts.config import Deployment, load_deployments
-from tiffin.kube.render import Platform, RenderError, labels, render
+from tiffin.kube.render import RENDERED_KINDS, Platform, RenderError, labels, render, selector
 
 EXAMPLES = [ROOT / "examples" / "smollm2.yaml", ROOT / "examples" / "qwen-gpu.yaml"]
 # The oldest release still common in managed clusters, and the newest kubernetes-validate knows.
@@ -98,7 +98,8 @@ def test_every_object_carries_the_labels_the_controller_prunes_by(example: Path)
         assert meta["namespace"] == "llms"
         assert meta["labels"].items() >= labels(dep.name).items(), obj["kind"]
         component = meta["labels"].get("app.kubernetes.io/component")
-        if obj["kind"] in ("Deployment", "Service", "ScaledObject", "PersistentVolumeClaim"):
+        assert (obj["apiVersion"], obj["kind"]) in {(v, k) for v, k, _ in RENDERED_KINDS}  # the controller lists these
+        if obj["kind"] in ("Deployment", "Service", "NetworkPolicy", "ScaledObject", "PersistentVolumeClaim"):
             assert component in ("api", "runner"), meta
             assert meta["name"].endswith(f"-{component}") or obj["kind"] == "PersistentVolumeClaim"
 
@@ -320,3 +321,26 @@ def test_cooldown_rounds_a_fractional_idle_period_up() -> None:
     spec = by_kind(objects, "ScaledObject", "llm-runner")["spec"]
     assert spec["cooldownPeriod"] == math.ceil(0.5)
     assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 2
+
+
+def test_only_the_deployments_api_servers_reach_its_runners() -> None:
+    """Neither the API server nor vLLM asks for a key: other pods must not reach them around the interceptor."""
+    objects = rendered(EXAMPLES[0])
+    runner = by_kind(objects, "NetworkPolicy", "smollm2-runner")["spec"]
+    api = by_kind(objects, "NetworkPolicy", "smollm2-api")["spec"]
+
+    assert runner["podSelector"]["matchLabels"] == selector("smollm2", "runner")
+    assert runner["ingress"] == [
+        {"from": [{"podSelector": {"matchLabels": selector("smollm2", "api")}}],
+         "ports": [{"port": "http", "protocol": "TCP"}]}
+    ]  # fmt: skip
+    assert api["podSelector"]["matchLabels"] == selector("smollm2", "api")
+    assert (api["policyTypes"], api["ingress"]) == (["Ingress"], [])  # its proxy calls it inside the pod
+
+
+def test_a_metrics_namespace_may_scrape_both_components() -> None:
+    objects = rendered(EXAMPLES[0], Platform(metrics_namespace="monitoring"))
+    scraper = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}, "podSelector": {}}
+    for component in ("api", "runner"):
+        [rule] = by_kind(objects, "NetworkPolicy", f"smollm2-{component}")["spec"]["ingress"]
+        assert scraper in rule["from"]

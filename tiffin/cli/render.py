@@ -42,6 +42,11 @@ def add_parser(sub: Any) -> None:
     ]
     for flag, default, text in options:
         parser.add_argument(flag, default=default, help=f"{text} (default %(default)s)")
+    parser.add_argument(
+        "--metrics-namespace",
+        metavar="NAMESPACE",
+        help="let Prometheus in this namespace scrape the pods (default: no scraping from outside)",
+    )
 
 
 def _fail(headline: str, problems: list[str]) -> int:
@@ -76,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         scaler_address=args.scaler_address,
         redis_secret=args.redis_secret,
         gpu_node_label=args.gpu_node_label,
+        metrics_namespace=args.metrics_namespace,
     )
     try:
         files = config_files(args.configs)

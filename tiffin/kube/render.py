@@ -55,6 +55,19 @@ class Platform:
     """Node label whose value `runner.gpu_type` selects (NVIDIA's GPU feature discovery sets this one)."""
     polling_interval_s: int = 15
     """How often KEDA asks the scaler for metrics (activation is pushed at once, not polled)."""
+    metrics_namespace: str | None = None
+    """Namespace of the Prometheus that scrapes the pods' /metrics, let through the NetworkPolicies (None: none)."""
+
+
+# What `render` may return, as (apiVersion, kind, plural): the kinds a controller lists to prune by label.
+RENDERED_KINDS = [
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ("v1", "Service", "services"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ("apps/v1", "Deployment", "deployments"),
+    ("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+]
 
 
 def labels(deployment: str, component: str | None = None) -> dict[str, str]:
@@ -140,6 +153,7 @@ def render(deployment: Deployment, platform: Platform, source_yaml: str | None =
         objects.append({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                         "metadata": _meta(ctx.models_claim, ns, name, "runner"), "spec": claim})  # fmt: skip
     objects += [_service(name, ns, "api", API_PORT), _service(name, ns, "runner", RUNNER_PORT)]
+    objects += [_network_policy(name, platform, "api"), _network_policy(name, platform, "runner")]
     # Runners never surge: a second GPU (or a second attach of a ReadWriteOnce cache) may not exist. Requests
     # wait in the queue while a runner is replaced.
     runner_strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
@@ -186,6 +200,29 @@ def _service(deployment: str, namespace: str, component: str, port: int) -> Mani
             "type": "ClusterIP",
             "selector": selector(deployment, component),
             "ports": [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def _network_policy(deployment: str, platform: Platform, component: str) -> Manifest:
+    """Neither the API server nor the engine asks for an API key: only the API servers of this deployment may
+    reach its runners, and nothing from other pods reaches an API server (its proxy calls it inside the pod).
+    The kubelet's probes come from the node, which NetworkPolicies always let through."""
+    sources: list[Manifest] = []
+    if component == "runner":
+        sources.append({"podSelector": {"matchLabels": selector(deployment, "api")}})
+    if platform.metrics_namespace:
+        namespace = {"matchLabels": {"kubernetes.io/metadata.name": platform.metrics_namespace}}
+        sources.append({"namespaceSelector": namespace, "podSelector": {}})
+    ingress = [{"from": sources, "ports": [{"port": "http", "protocol": "TCP"}]}] if sources else []
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(f"{deployment}-{component}", platform.namespace, deployment, component),
+        "spec": {
+            "podSelector": {"matchLabels": selector(deployment, component)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
         },
     }
 
