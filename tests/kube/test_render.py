@@ -161,6 +161,7 @@ def test_cpu_runner_asks_for_no_gpu_and_gets_its_own_model_cache_claim() -> None
     assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
     assert {"name": "models", "mountPath": "/models"} in runner["volumeMounts"]
     assert env_of(runner)["TIFFIN_CACHE_DIR"] == "/models"
+    assert env_of(runner)["VLLM_CACHE_ROOT"].startswith("/models/")  # compiled kernels outlive the pod too
 
 
 def test_runner_is_ready_on_vllms_health_and_may_take_its_whole_startup_timeout() -> None:

@@ -127,7 +127,9 @@ def _mounts(*extra: tuple[str, str]) -> list[Manifest]:
     return mounts + [{"name": name, "mountPath": path} for name, path in extra]
 
 
-def _pod_spec(ctx: PodContext, containers: list[Manifest], grace_s: int, volumes: list[Manifest]) -> Manifest:
+def _pod_spec(
+    ctx: PodContext, containers: list[Manifest], grace_s: int, volumes: list[Manifest], tmp_size: str = "1Gi"
+) -> Manifest:
     return {
         "automountServiceAccountToken": False,  # no pod of a deployment talks to the Kubernetes API
         "enableServiceLinks": False,
@@ -143,7 +145,7 @@ def _pod_spec(ctx: PodContext, containers: list[Manifest], grace_s: int, volumes
         "containers": containers,
         "volumes": [
             {"name": "config", "configMap": {"name": ctx.config_map}},
-            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}},
             *volumes,
         ],
     }
@@ -219,6 +221,8 @@ def runner_pod(ctx: PodContext, dep: Deployment, gpu_node_label: str) -> Manifes
         TIFFIN_RUNNER_URL=f"http://$(POD_IP):{RUNNER_PORT}",  # what API servers in other pods call
         TIFFIN_RUNNER_DRAIN_TIMEOUT_S=str(RUNNER_DRAIN_S),
         TIFFIN_CACHE_DIR=MODELS_DIR, HF_HOME=f"{MODELS_DIR}/.huggingface",
+        # vLLM's compiled kernels kept beside the weights: the next cold start of the model reuses them.
+        VLLM_CACHE_ROOT=f"{MODELS_DIR}/.vllm",
         VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1",
     )  # fmt: skip
     env.insert(0, {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
@@ -243,7 +247,7 @@ def runner_pod(ctx: PodContext, dep: Deployment, gpu_node_label: str) -> Manifes
         {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": k8s.shm_size}},  # vLLM's workers share it
     ]
     grace = RUNNER_DRAIN_S + ENGINE_STOP_S + MARGIN_S
-    spec = _pod_spec(ctx, [runner], grace, volumes)
+    spec = _pod_spec(ctx, [runner], grace, volumes, tmp_size="4Gi")  # engines unpack and compile under /tmp
     node_selector = dict(k8s.node_selector)
     tolerations = _tolerations(dep, "runner")
     if dep.runner.gpu_type:
