@@ -171,8 +171,9 @@ def notes(deployment: Deployment) -> list[str]:
     """Advice on a deployment that renders but may not behave as its author expects on a cluster."""
     cache = deployment.kubernetes.model_cache
     if cache.claim is None and cache.access_mode != "ReadWriteMany" and deployment.runner.max_replicas > 1:
+        limit = "one node" if cache.access_mode == "ReadWriteOnce" else "one pod"
         return [f"kubernetes.model_cache.access_mode: {cache.access_mode} with runner.max_replicas "
-                f"{deployment.runner.max_replicas}: every runner must share one node to mount the cache; use "
+                f"{deployment.runner.max_replicas}: only runners on {limit} can mount the cache; use "
                 "ReadWriteMany (or a claim of that mode) to spread runners over nodes"]  # fmt: skip
     return []
 
