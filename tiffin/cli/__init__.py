@@ -1,5 +1,6 @@
 """The `tiffin` command: `up` runs everything locally in the foreground; `check` validates deployment files;
-`keys` makes, lists and revokes API keys; `status` shows a running tiffin's deployments."""
+`keys` makes, lists and revokes API keys; `status` shows a running tiffin's deployments; `render` writes a
+deployment's Kubernetes manifests."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from tiffin.cli import keys as apikeys_cli
+from tiffin.cli import render as render_cli
 from tiffin.cli.status import show_status
 from tiffin.contracts.config import load_deployments
 from tiffin.contracts.exceptions import ConfigError, ModelError, RedisServerError, TLSError
@@ -50,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate deployment files and exit")
     check.add_argument("configs", nargs="+", type=Path, metavar="CONFIG")
     apikeys_cli.add_parser(sub)
+    render_cli.add_parser(sub)
     return parser
 
 
@@ -59,6 +62,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(show_status(args.admin, as_json=args.json, token_file=args.token_file))
     if args.command == "keys":
         raise SystemExit(apikeys_cli.run(args))
+    if args.command == "render":
+        raise SystemExit(render_cli.run(args))
     try:
         deployments = load_deployments(args.configs)
     except ConfigError as exc:

@@ -12,7 +12,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tiffin.common.env import env_bool
 from tiffin.common.models import is_builtin
+from tiffin.contracts.config_kubernetes import Kubernetes
 from tiffin.contracts.exceptions import ConfigError
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")  # a DNS label: also a Kubernetes name later
@@ -188,6 +190,10 @@ class Deployment(_Strict):
     limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
     auth: Auth = Field(default_factory=Auth)  # type: ignore[arg-type]
+    kubernetes: Kubernetes = Field(
+        default_factory=Kubernetes,
+        description="Images, resources, node placement and the model cache on Kubernetes (`tiffin up` ignores it).",
+    )
 
     @field_validator("name")
     @classmethod
@@ -229,8 +235,15 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def parse_deployment(data: Any, source: Path) -> Deployment:
-    """Validate one parsed YAML document; model folders resolve relative to the file."""
+def check_model_folders() -> bool:
+    """False where `TIFFIN_CHECK_MODEL_FOLDERS=0`: the model folder lives elsewhere (on a Kubernetes runner's
+    volume), so the processes that only read the file (API server, proxy, interceptor, scaler) do not look."""
+    return env_bool("TIFFIN_CHECK_MODEL_FOLDERS", True)
+
+
+def parse_deployment(data: Any, source: Path, check_model: bool = True) -> Deployment:
+    """Validate one parsed YAML document; model folders resolve relative to the file (and must exist there,
+    unless `check_model` is false)."""
     try:
         deployment = Deployment.model_validate(data)
     except ValidationError as exc:
@@ -245,7 +258,7 @@ def parse_deployment(data: Any, source: Path) -> Deployment:
         folder = Path(deployment.model).expanduser()
         if not folder.is_absolute():
             folder = (source.parent / folder).resolve()
-        if not folder.is_dir():
+        if check_model and not folder.is_dir():
             raise ConfigError([f"{source}: model: folder {folder} does not exist (built-in models: smollm2)"])
         deployment = deployment.model_copy(update={"model": str(folder)})
     return deployment
@@ -267,8 +280,12 @@ def config_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def load_deployments(paths: list[Path]) -> list[Deployment]:
-    """Load and validate every deployment file; report all problems at once."""
+def load_deployments(paths: list[Path], check_models: bool | None = None) -> list[Deployment]:
+    """Load and validate every deployment file; report all problems at once.
+
+    `check_models` (default: `check_model_folders()`) says whether model folders must exist on this machine.
+    """
+    check = check_model_folders() if check_models is None else check_models
     problems: list[str] = []
     deployments: list[tuple[Path, Deployment]] = []
     for file in config_files(paths):
@@ -286,7 +303,7 @@ def load_deployments(paths: list[Path]) -> list[Deployment]:
             problems.append(f"{file}: (top level): must be a mapping of fields, got {type(data).__name__}")
             continue
         try:
-            deployments.append((file, parse_deployment(data, file)))
+            deployments.append((file, parse_deployment(data, file, check)))
         except ConfigError as exc:
             problems.extend(exc.problems)
     problems.extend(_conflicts(deployments))
