@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from interceptor import metrics
+from interceptor import dashboard_standin, metrics
 from interceptor.admin_auth import require_token
 from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
 from interceptor.relay import Relay
@@ -74,6 +74,8 @@ def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Appli
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/status", _status_all)
     app.router.add_get("/api/status/{name}", _status_one)
+    # Until the dashboard's own API lands: the same shapes from read_status, with empty history.
+    app.router.add_routes(dashboard_standin.routes(lambda: relay.router.deployments, redis))
     return app
 
 
