@@ -45,8 +45,11 @@
     if (s < 1) return `${Math.round(s * 1000)} ms`;
     if (s < 10) return `${s.toFixed(1)} s`;
     if (s < 60) return `${Math.round(s)} s`;
-    if (s < 3600) return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
-    return `${Math.floor(s / 3600)} h ${Math.round((s % 3600) / 60)} min`;
+    // Round first, then split, so 59.6 s never shows as "1 min 60 s".
+    const [big, small, bigUnit, smallUnit] = s < 3600
+      ? [Math.floor(Math.round(s) / 60), Math.round(s) % 60, "min", "s"]
+      : [Math.floor(Math.round(s / 60) / 60), Math.round(s / 60) % 60, "h", "min"];
+    return small ? `${big} ${bigUnit} ${small} ${smallUnit}` : `${big} ${bigUnit}`;
   }
   const reqs = (n) => `${n} req`;
   const rate = (r) => (r === null || r === undefined ? "\u2013" : `${r < 10 ? r.toFixed(2) : r.toFixed(1)}/s`);

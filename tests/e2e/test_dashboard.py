@@ -206,3 +206,44 @@ def test_behind_a_token_the_page_asks_for_it_and_marks_lost_contact(
     stack.start_interceptor("interceptor-2", TIFFIN_ADMIN_TOKEN_FILE=str(token_file))
     expect(page.locator("#banner")).to_be_hidden(timeout=30_000)
     expect(page.locator("#content")).not_to_have_class(re.compile(r"\bstale\b"))
+
+
+def test_fifty_deployments_stay_readable_wide_narrow_and_dark(browser: Any, stack_factory: Any, tmp_path: Path) -> None:
+    names = [f"model-{i:02d}" for i in range(50)]
+    stack: Stack = stack_factory([write_deployment(tmp_path, name) for name in names])
+    stack.start_interceptor()
+    expect = playwright_api.expect
+    page = browser.new_page(viewport=WIDE, color_scheme="dark")
+    page.goto(f"http://127.0.0.1:{stack.admin_port}/dashboard")
+
+    rows = page.locator("#rows tr")
+    expect(rows).to_have_count(50, timeout=30_000)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.name)") == names  # config order
+    expect(page.locator('[data-total="deployments"] .v')).to_have_text("50")
+    expect(page.locator('[data-total="idle"] .v')).to_have_text("50")
+    # Compact: one line per deployment, so fifty fit in a few screens.
+    assert max(rows.evaluate_all("rows => rows.map(r => r.getBoundingClientRect().height)")) <= 40
+    # Dark mode follows the system: a dark background under light text.
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert _luminance(background) < 0.2, background
+    shot(page, "fifty-dark-wide")
+
+    page.fill("#filter", "model-07")
+    expect(page.locator("#rows tr:visible")).to_have_count(1)
+    expect(page.locator("#shown")).to_have_text("1 of 50 deployments")
+    page.fill("#filter", "warm")  # by state: none is warm
+    expect(page.locator("#rows tr:visible")).to_have_count(0)
+    expect(page.locator("#empty")).to_be_visible()
+    page.fill("#filter", "")
+    expect(page.locator("#rows tr:visible")).to_have_count(50)
+
+    page.set_viewport_size(NARROW)
+    expect(cell(page, "model-00", "state")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    shot(page, "fifty-dark-narrow")
+
+
+def _luminance(css_rgb: str) -> float:
+    """Relative brightness (0 black .. 1 white) of a computed `rgb(r, g, b)` colour."""
+    r, g, b = (int(v) / 255 for v in re.findall(r"\d+", css_rgb)[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
