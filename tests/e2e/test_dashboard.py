@@ -144,6 +144,12 @@ def test_the_page_follows_a_deployment_from_idle_through_waking_and_warm_back_to
         expect(page.locator("#replicas tbody tr")).to_have_count(2)
         expect(page.locator("#replicas")).to_contain_text("API server")
         expect(page.locator("#replicas")).to_contain_text("runner")
+        for _ in range(3):  # warm traffic: answered at once, and the last request is now recent
+            warm: dict[str, Any] = {}
+            ask(up.url, up.ssl_context(), warm)
+            assert warm == {"status": 200, "text": "echo: wake up"}
+        expect(cell(page, "sleepy", "last_request")).to_have_text(re.compile(r"^(\d+ ms|\d\.\d s) ago$|busy"))
+        expect(page.locator("#chart-coldstarts g.cold-start")).to_have_count(1)  # warm requests are no cold start
         shot(page, "warm-wide")
         page.set_viewport_size(NARROW)
         expect(cell(page, "sleepy", "state")).to_be_visible()
