@@ -112,6 +112,7 @@
       render();
     } catch (err) {
       if (err instanceof AuthNeeded) {
+        view.error = null; // not lost contact: tiffin answered, and wants the token
         sessionStorage.removeItem(TOKEN_KEY);
         showToken(true, err.message);
       } else {
@@ -528,6 +529,9 @@
   function start() {
     $("filter").addEventListener("input", applyFilter);
     $("detail-close").addEventListener("click", () => openDetail(null));
+    document.addEventListener("keydown", (event) => {
+      if (event.key === "Escape" && view.open && document.activeElement !== $("filter")) openDetail(null);
+    });
     $("token-form").addEventListener("submit", (event) => {
       event.preventDefault();
       const token = $("token-input").value.trim();

@@ -213,6 +213,10 @@ def test_behind_a_token_the_page_asks_for_it_and_marks_lost_contact(
     expect(page.locator("#banner")).to_be_hidden(timeout=30_000)
     expect(page.locator("#content")).not_to_have_class(re.compile(r"\bstale\b"))
 
+    # tiffin answers but its Redis is gone: the banner says that, not just "no answer".
+    stack.redis.stop()
+    expect(page.locator("#banner")).to_contain_text("redis is unreachable", timeout=30_000)
+
 
 def test_fifty_deployments_stay_readable_wide_narrow_and_dark(browser: Any, stack_factory: Any, tmp_path: Path) -> None:
     names = [f"model-{i:02d}" for i in range(50)]
