@@ -17,7 +17,7 @@
 
   const $ = (id) => document.getElementById(id);
   const view = {
-    summary: null, detail: null, open: null, lastOkMs: null, error: null, detailError: null,
+    summary: null, detail: null, open: null, lastOkMs: null, error: null, detailError: null, drawError: null,
     rows: new Map(), // deployment name -> its <tr>, kept across polls so focus and scroll survive
   };
 
@@ -99,6 +99,7 @@
       view.summary = summary;
       view.lastOkMs = Date.now();
       view.error = null;
+      view.drawError = null;
       showToken(false);
       if (open && open === view.open) {
         if (detail instanceof Gone) {
@@ -109,7 +110,12 @@
           view.detailError = null;
         }
       }
-      render();
+      try {
+        render();
+      } catch (err) {
+        // tiffin answered, but with something this page cannot draw (a newer or older API): say so plainly.
+        view.drawError = `this page could not show tiffin's answer (${err.message || err})`;
+      }
     } catch (err) {
       if (err instanceof AuthNeeded) {
         view.error = null; // not lost contact: tiffin answered, and wants the token
@@ -139,6 +145,15 @@
   function tick() {
     const banner = $("banner");
     const content = $("content");
+    if (!$("token-form").hidden) {
+      banner.hidden = true; // the form says what is needed
+      return;
+    }
+    if (view.drawError && !view.error) {
+      banner.hidden = false;
+      banner.textContent = `Connected, but ${view.drawError}. Reload the page after upgrading tiffin.`;
+      return;
+    }
     if (view.lastOkMs === null) {
       if (view.error) {
         banner.hidden = false;
@@ -164,7 +179,7 @@
     renderTotals(s.totals);
     const seen = new Set();
     const tbody = $("rows");
-    for (const d of s.deployments) {
+    s.deployments.forEach((d, i) => {
       seen.add(d.name);
       let tr = view.rows.get(d.name);
       if (!tr) {
@@ -172,8 +187,9 @@
         view.rows.set(d.name, tr);
       }
       fillRow(tr, d);
-      tbody.append(tr); // re-appending keeps the API's (config) order
-    }
+      // Keep the API's (config) order, moving a row only when it is out of place: a moved node loses focus.
+      if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+    });
     for (const [name, tr] of view.rows) {
       if (!seen.has(name)) { tr.remove(); view.rows.delete(name); }
     }
