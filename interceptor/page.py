@@ -15,6 +15,7 @@ STATIC = Path(__file__).parent / "static"
 FILES = {
     "/dashboard": ("dashboard.html", "text/html"),
     "/dashboard/dashboard.css": ("dashboard.css", "text/css"),
+    "/dashboard/dashboard-charts.js": ("dashboard-charts.js", "text/javascript"),
     "/dashboard/dashboard.js": ("dashboard.js", "text/javascript"),
 }
 PUBLIC_PATHS = frozenset({*FILES, "/dashboard/"})

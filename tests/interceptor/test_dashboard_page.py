@@ -29,7 +29,7 @@ async def admin(redis: Redis) -> AsyncIterator[str]:
 @pytest.mark.parametrize(
     ("path", "content_type"),
     [("/dashboard", "text/html"), ("/dashboard/dashboard.css", "text/css"),
-     ("/dashboard/dashboard.js", "text/javascript")],
+     ("/dashboard/dashboard-charts.js", "text/javascript"), ("/dashboard/dashboard.js", "text/javascript")],
 )  # fmt: skip
 async def test_the_page_and_its_assets_load_without_the_token(admin: str, path: str, content_type: str) -> None:
     async with aiohttp.ClientSession() as session, session.get(admin + path) as resp:
@@ -64,7 +64,7 @@ async def test_a_trailing_slash_leads_to_the_page(admin: str) -> None:
 
 def test_the_page_loads_nothing_from_elsewhere() -> None:
     # No CDN, no external fonts: the shipped files name no other host (the SVG namespace is a name, not a load).
-    for name in ("dashboard.html", "dashboard.css", "dashboard.js"):
+    for name in ("dashboard.html", "dashboard.css", "dashboard-charts.js", "dashboard.js"):
         text = (STATIC / name).read_text().replace('"http://www.w3.org/2000/svg"', "")
         assert re.findall(r"(?:https?:)?//[\w-]+(?:\.[\w-]+)+", text) == [], name
         assert "@import" not in text and "url(" not in text, name
