@@ -11,6 +11,7 @@ up: setup
 	.venv/bin/tiffin up $(CONFIG)
 
 test: setup
+	@bash scripts/setup_browser.sh  # Chromium for the dashboard's browser test (apt-get, as root; once)
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

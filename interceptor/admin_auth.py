@@ -9,11 +9,13 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from interceptor.page import PUBLIC_PATHS
 from tiffin.contracts.errors import error_response
 from tiffin.contracts.exceptions import Unauthenticated
 
-# Probes carry no credential (a kubelet's or a load balancer's) and say nothing but up/ready.
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Probes carry no credential (a kubelet's or a load balancer's) and say nothing but up/ready. The dashboard's
+# files carry no data: a browser loads them without the token, and the page then asks for it.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", *PUBLIC_PATHS})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,7 +32,7 @@ def read_token(path: Path) -> str:
 
 
 def require_token(token: str) -> Middleware:
-    """Middleware: `Authorization: Bearer TOKEN` on every admin path except the health probes."""
+    """Middleware: `Authorization: Bearer TOKEN` on every admin path except the probes and the page's files."""
     expected = token.encode()
 
     @web.middleware

@@ -10,9 +10,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from interceptor import metrics
+from interceptor import dashboard_standin, metrics
 from interceptor.admin_auth import require_token
 from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
+from interceptor.page import add_page_routes
 from interceptor.relay import Relay
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.errors import error_body, error_response
@@ -62,9 +63,9 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
 
 
 def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Application:
-    """Health, readiness, metrics and deployment status, on a port that is not exposed publicly.
+    """Health, readiness, metrics, deployment status and the dashboard, on a port that is not exposed publicly.
 
-    With `token`, everything but the health probes requires it (`Authorization: Bearer TOKEN`)."""
+    With `token`, everything but the health probes and the page's files requires it (`Authorization: Bearer`)."""
     app = web.Application(middlewares=[require_token(token)] if token else [])
     app[RELAY] = relay
     app[REDIS] = redis
@@ -74,6 +75,9 @@ def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Appli
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/status", _status_all)
     app.router.add_get("/api/status/{name}", _status_one)
+    add_page_routes(app)
+    # Until the dashboard's own API lands: the same shapes from read_status, with empty history.
+    app.router.add_routes(dashboard_standin.routes(lambda: relay.router.deployments, redis))
     return app
 
 

@@ -143,9 +143,10 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             say(f"the interceptor did not become ready; see {log_dir}/interceptor.log")
             return 1
         say(f"interceptor {endpoint} (admin {admin}/api/status, {admin}/metrics)")
+        say(f"dashboard   {admin}/dashboard (live: state, replicas, queue and cold starts of every deployment)")
         if token_file is not None:
             say(f"admin       on {args.admin_host}: every path but /healthz and /readyz needs "
-                f"'Authorization: Bearer' with the token in {token_file}")  # fmt: skip
+                f"'Authorization: Bearer' with the token in {token_file} (the dashboard asks for it)")  # fmt: skip
         _say_tls(tls, base, args.host, args.port)
         say(f"logs        {log_dir}/")
         autoscaler = Autoscaler(scaler, deployments, replicas, client, say)
@@ -172,7 +173,7 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
                 f"""'{{"model": "{first.model_name}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'"""
             )
             token_arg = f" --token-file {token_file}" if token_file is not None else ""
-            say(f"watch: tiffin status --admin {admin}{token_arg}")
+            say(f"watch: {admin}/dashboard in a browser, or tiffin status --admin {admin}{token_arg}")
             say("Ctrl-C stops everything")
         await stop.wait()
         say("stopping: interceptor (drains in-flight requests), replicas, scaler, redis")
