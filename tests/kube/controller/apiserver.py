@@ -82,7 +82,7 @@ def _selected(obj: dict[str, Any], selector: str | None) -> bool:
 @dataclass
 class Fault:
     method: str
-    path_contains: str
+    path_pattern: str
     code: int
     times: int
 
@@ -110,9 +110,9 @@ class FakeApiServer:
 
     # --- test controls ---------------------------------------------------------------------------------------
 
-    def fail(self, method: str, path_contains: str, code: int, times: int = 1) -> None:
-        """The next `times` requests of `method` whose path contains `path_contains` get `code`."""
-        self.faults.append(Fault(method, path_contains, code, times))
+    def fail(self, method: str, path_pattern: str, code: int, times: int = 1) -> None:
+        """The next `times` requests of `method` whose path matches `path_pattern` (re.search) get `code`."""
+        self.faults.append(Fault(method, path_pattern, code, times))
 
     def compact(self) -> None:
         """Forget the history so far: a watch from any version handed out until now gets 410 Gone."""
@@ -180,7 +180,7 @@ class FakeApiServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.seen.append(Seen(request.method, request.path, dict(request.query), request.content_type))
         for fault in self.faults:
-            if fault.times > 0 and fault.method == request.method and fault.path_contains in request.path:
+            if fault.times > 0 and fault.method == request.method and re.search(fault.path_pattern, request.path):
                 fault.times -= 1
                 reasons = {409: "Conflict", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
                 return _error(fault.code, reasons.get(fault.code, "Unknown"), "injected by the test")
