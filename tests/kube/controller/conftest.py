@@ -115,10 +115,16 @@ StartController = Callable[..., Awaitable[Running]]
 async def start_controller(cluster: Cluster, redis: Redis) -> AsyncIterator[StartController]:
     running: list[Running] = []
 
-    async def start(identity: str = "controller-a", lease_duration_s: float = 2.0, renew_s: float = 0.4) -> Running:
+    async def start(
+        identity: str = "controller-a",
+        lease_duration_s: float = 2.0,
+        renew_s: float = 0.4,
+        watch_timeout_s: int = 5,
+        resync_s: float = 600.0,
+    ) -> Running:
         api = cluster.client()
         elector = LeaderElector(api, NAMESPACE, "tiffin-controller", identity, lease_duration_s, renew_s)
-        controller = Controller(api, redis, Platform(namespace=NAMESPACE), elector, watch_timeout_s=5)
+        controller = Controller(api, redis, Platform(namespace=NAMESPACE), elector, watch_timeout_s, resync_s)
         stop = asyncio.Event()
         handle = Running(controller, stop, asyncio.create_task(controller.run(stop), name=f"controller-{identity}"))
         running.append(handle)

@@ -132,3 +132,37 @@ async def test_an_invalid_spec_is_reported_by_field_and_a_fix_applies(
     await cluster.api.merge_patch(RESOURCES, "smol", {"spec": {"runner": {"max_replicas": 1}, "colour": None}})
     await eventually(lambda: applied(cluster, "smol", 2), "the fixed spec is applied")
     assert len(labelled(cluster, "smol")) == len(rendered("smol"))
+
+
+async def test_a_workload_deleted_by_hand_comes_back(cluster: Cluster, start_controller: StartController) -> None:
+    await start_controller()
+    await cluster.create("smol", SPEC)
+    await eventually(lambda: applied(cluster, "smol", 1), "smol applied")
+    workloads = [o for o in rendered("smol") if o["kind"] == "Deployment"]
+    uids = {o["metadata"]["name"]: present(cluster, o)["metadata"]["uid"] for o in workloads}  # type: ignore[index]
+
+    await cluster.api.delete(Resource("apps/v1", "deployments", NAMESPACE), workloads[0]["metadata"]["name"])
+
+    async def recreated() -> bool:
+        stored = present(cluster, workloads[0])
+        return stored is not None and stored["metadata"]["uid"] != uids[workloads[0]["metadata"]["name"]]
+
+    await eventually(recreated, "the deleted workload is applied again")
+
+
+async def test_a_resync_repairs_drift_no_watch_reports(cluster: Cluster, start_controller: StartController) -> None:
+    running = await start_controller(watch_timeout_s=1, resync_s=0.5)
+    await cluster.create("smol", SPEC)
+    await eventually(lambda: applied(cluster, "smol", 1), "smol applied")
+    config = next(o for o in rendered("smol") if o["kind"] == "ConfigMap")
+    name = config["metadata"]["name"]
+    lists = running.controller.watchers[0].lists
+
+    # Deleted by hand: nothing watches ConfigMaps, so only a resync puts it back.
+    await cluster.api.delete(Resource("v1", "configmaps", NAMESPACE), name)
+
+    async def restored() -> bool:
+        return present(cluster, config) is not None
+
+    await eventually(restored, "the resync applied the ConfigMap again")
+    assert running.controller.watchers[0].lists > lists

@@ -11,6 +11,7 @@ and the objects of the last valid spec keep serving.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import structlog
@@ -91,6 +92,8 @@ class Reconciler:
         self.counts: dict[str, dict[keys.Component, Counts]] = {}
         self._done: dict[str, int] = {}  # uid -> generation applied by this process
         self._live: dict[str, dict[str, Any]] = {}  # name -> last seen resource
+        # Two watches may reconcile one resource at once (its own events, and its workloads' deletion).
+        self._locks: dict[str, asyncio.Lock] = {}
 
     # --- watch handler -------------------------------------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class Reconciler:
         if kind == "DELETED":
             self._live.pop(meta["name"], None)
             self._done.pop(meta.get("uid", ""), None)
+            self._locks.pop(meta["name"], None)
             return
         self._live[meta["name"]] = obj
         # A status-only change (our own status patch among them) does not move the generation.
@@ -125,10 +129,24 @@ class Reconciler:
             return  # not reconciled yet: the reconcile writes the whole status
         await self._write_status(resource, applied, int(status.get("observedGeneration") or 0))
 
+    async def workload_deleted(self, name: str) -> None:
+        """A workload of `name` went away: put it back unless its resource is going too (or the render dropped it)."""
+        resource = self._live.get(name)
+        if resource is None or resource["metadata"].get("deletionTimestamp"):
+            return
+        try:
+            await self.reconcile(resource)
+        except KubeApiError as exc:  # not this watch's to retry: the next resync reconciles it again
+            log.warning("reconcile_failed", deployment=name, error=str(exc))
+
     # --- reconcile ---------------------------------------------------------------------------------------------
 
     async def reconcile(self, resource: dict[str, Any]) -> None:
         """One pass over one resource; raises `KubeApiError` only when trying again may succeed."""
+        async with self._locks.setdefault(resource["metadata"]["name"], asyncio.Lock()):
+            await self._reconcile(resource)
+
+    async def _reconcile(self, resource: dict[str, Any]) -> None:
         meta = resource["metadata"]
         name, generation = meta["name"], int(meta.get("generation") or 0)
         if meta.get("deletionTimestamp"):

@@ -39,14 +39,16 @@ def counts_of(obj: dict[str, Any]) -> tuple[str, keys.Component, Counts] | None:
 
 
 OnCounts = Callable[[str, dict[keys.Component, Counts]], Awaitable[None]]
+OnDeleted = Callable[[str], Awaitable[None]]
 
 
 class ReplicaSync:
     """Watch handler for the managed Deployments: keeps the counts, writes them to Redis, reports changes."""
 
-    def __init__(self, redis: Redis, on_counts: OnCounts | None = None) -> None:
+    def __init__(self, redis: Redis, on_counts: OnCounts | None = None, on_deleted: OnDeleted | None = None) -> None:
         self.redis = redis
         self.on_counts = on_counts
+        self.on_deleted = on_deleted
         self.counts: dict[str, dict[keys.Component, Counts]] = {}
         self._redis_backoff = Backoff("replica sync")
 
@@ -61,6 +63,8 @@ class ReplicaSync:
         name, component, counts = found
         if kind == "DELETED":
             counts = Counts(0, 0)
+            if self.on_deleted is not None:
+                await self.on_deleted(name)
         per = self.counts.setdefault(name, {})
         if per.get(component) == counts:
             return

@@ -28,12 +28,14 @@ class Controller:
         platform: Platform,
         elector: LeaderElector,
         watch_timeout_s: int = 300,
+        resync_s: float = 600.0,
     ) -> None:
         self.api = api
         self.redis = redis
         self.platform = platform
         self.elector = elector
         self.watch_timeout_s = watch_timeout_s
+        self.resync_s = resync_s
         self.reconciler: Reconciler | None = None  # the current term's (tests read its state)
         self.watchers: list[Watcher] = []
 
@@ -44,11 +46,13 @@ class Controller:
     async def _lead(self, term: asyncio.Event) -> None:
         # A fresh reconciler each term: a new leader trusts nothing it knew before; its first list reconciles all.
         reconciler = Reconciler(self.api, self.platform)
-        sync = ReplicaSync(self.redis, on_counts=reconciler.counts_changed)
+        sync = ReplicaSync(self.redis, on_counts=reconciler.counts_changed, on_deleted=reconciler.workload_deleted)
         workloads = Resource("apps/v1", "deployments", self.platform.namespace)
         self.reconciler = reconciler
         self.watchers = [
-            Watcher(self.api, reconciler.resources, reconciler, watch_timeout_s=self.watch_timeout_s),
+            Watcher(
+                self.api, reconciler.resources, reconciler, watch_timeout_s=self.watch_timeout_s, resync_s=self.resync_s
+            ),
             Watcher(self.api, workloads, sync, label_selector=MANAGED, watch_timeout_s=self.watch_timeout_s),
         ]
         tasks = [asyncio.create_task(w.run(term), name=f"watch-{w.resource.plural}") for w in self.watchers]

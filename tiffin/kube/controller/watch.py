@@ -7,6 +7,7 @@ to `synced` (reconcile all), and the watch carries on from exactly that version,
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Protocol
 
 import structlog
@@ -36,6 +37,7 @@ class Watcher:
         label_selector: str | None = None,
         watch_timeout_s: int = 300,
         backoff: Backoff | None = None,
+        resync_s: float | None = None,
     ) -> None:
         self.api = api
         self.resource = resource
@@ -43,6 +45,9 @@ class Watcher:
         self.label_selector = label_selector
         self.watch_timeout_s = watch_timeout_s
         self.backoff = backoff or Backoff(f"watch {resource.plural}", dependency="kubernetes")
+        # List again (and so hand every object to `synced`) this often: repairs drift no event reports, such as
+        # an object edited by hand. Checked when a watch stream ends, so at most watch_timeout_s late.
+        self.resync_s = resync_s
         self.lists = 0  # how many times the collection was listed (a re-list after 410 counts)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -61,7 +66,10 @@ class Watcher:
         version = str(listed.get("metadata", {}).get("resourceVersion", ""))
         await self.handler.synced(list(listed.get("items") or []))
         self.backoff.succeeded()
+        listed_at = time.monotonic()
         while not stop.is_set():
+            if self.resync_s is not None and time.monotonic() - listed_at >= self.resync_s:
+                return
             async for event in self.api.watch(self.resource, version, self.label_selector, self.watch_timeout_s):
                 obj: dict[str, Any] = event.get("object") or {}
                 version = str(obj.get("metadata", {}).get("resourceVersion") or version)
