@@ -4,6 +4,7 @@ Modules:
 
     __main__    entry point (`python -m tiffin.kube.controller`): settings, API client, Redis, signals
     config      ControllerSettings from TIFFIN_* environment variables
+    health      GET /healthz for the pod's probes
     run         Controller: leader election around two watches (the resources, and their workloads)
     leader      LeaderElector: a coordination.k8s.io/v1 Lease, renewed, taken over after expiry
     watch       Watcher: list, then watch from the list's resourceVersion; 410 lists again; back-off

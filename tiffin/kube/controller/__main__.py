@@ -11,6 +11,7 @@ from kubernetes_asyncio.client import Configuration
 from tiffin.common.logs import setup_logging
 from tiffin.common.redis_conn import connect
 from tiffin.kube.controller.config import ControllerSettings
+from tiffin.kube.controller.health import serve_health
 from tiffin.kube.controller.kubeapi import KubeApi
 from tiffin.kube.controller.leader import LeaderElector
 from tiffin.kube.controller.run import Controller
@@ -36,10 +37,13 @@ async def serve(settings: ControllerSettings) -> int:
     redis = connect(settings.redis_url)
     elector = LeaderElector(api, settings.namespace, settings.lease_name, settings.identity,
                             settings.lease_duration_s, settings.lease_renew_s)  # fmt: skip
-    log.info("starting", namespace=settings.namespace, identity=settings.identity, lease=settings.lease_name)
+    health = await serve_health(elector, settings.host, settings.port)
+    log.info("starting", namespace=settings.namespace, identity=settings.identity, lease=settings.lease_name,
+             health=f"http://{settings.host}:{settings.port}/healthz")  # fmt: skip
     try:
         await Controller(api, redis, settings.platform, elector).run(stop)
     finally:
+        await health.cleanup()
         await redis.aclose()
         await api.close()
     log.info("stopped")

@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from tiffin.common.env import env_positive, env_str, redis_url
+from tiffin.common.env import env_int, env_positive, env_str, redis_url
 from tiffin.kube.render import Platform
 
 _SA_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -35,6 +35,10 @@ class ControllerSettings:
     """TIFFIN_LEASE_DURATION_S: how long a silent leader keeps the lease before another takes over (default 15)."""
     lease_renew_s: float
     """TIFFIN_LEASE_RENEW_S: how often the leader renews, and candidates retry (default 5; below the duration)."""
+    host: str
+    """TIFFIN_CONTROLLER_HOST: the probe listener's address (default 127.0.0.1; 0.0.0.0 in a pod)."""
+    port: int
+    """TIFFIN_CONTROLLER_PORT: the probe listener's port, serving GET /healthz (default 8081; 0 picks a free one)."""
     platform: Platform
     """TIFFIN_PLATFORM_IMAGE, TIFFIN_RUNNER_IMAGE, TIFFIN_SCALER_ADDRESS, TIFFIN_REDIS_SECRET: what `render` puts
     into each deployment's manifests (defaults: those of `tiffin render`)."""
@@ -55,6 +59,9 @@ class ControllerSettings:
             scaler_address=env_str("TIFFIN_SCALER_ADDRESS", defaults.scaler_address),
             redis_secret=env_str("TIFFIN_REDIS_SECRET", defaults.redis_secret),
         )
+        port = env_int("TIFFIN_CONTROLLER_PORT", 8081)
+        if not 0 <= port <= 65535:
+            raise SystemExit(f"environment variable TIFFIN_CONTROLLER_PORT={port} must be between 0 and 65535")
         identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{secrets.token_hex(3)}"
         return cls(
             namespace=namespace,
@@ -63,5 +70,7 @@ class ControllerSettings:
             lease_name=env_str("TIFFIN_LEASE_NAME", "tiffin-controller"),
             lease_duration_s=duration,
             lease_renew_s=renew,
+            host=env_str("TIFFIN_CONTROLLER_HOST", "127.0.0.1").strip() or "127.0.0.1",
+            port=port,
             platform=platform,
         )
