@@ -29,6 +29,17 @@ class Platform:
     redis_secret: str = "tiffin-redis"
 
 
+# What `render` may return, as (apiVersion, kind, plural): the kinds a controller lists to prune by label.
+RENDERED_KINDS = [
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ("v1", "Service", "services"),
+    ("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ("apps/v1", "Deployment", "deployments"),
+    ("keda.sh/v1alpha1", "ScaledObject", "scaledobjects"),
+]
+
+
 def labels(name: str, component: str | None = None) -> dict[str, str]:
     """The labels every rendered object carries (the controller prunes by them)."""
     out = {

@@ -38,7 +38,7 @@ KINDS = {
     ("v1", "services"): "Service",
     ("v1", "persistentvolumeclaims"): "PersistentVolumeClaim",
     ("apps/v1", "deployments"): "Deployment",
-    ("policy/v1", "poddisruptionbudgets"): "PodDisruptionBudget",
+    ("networking.k8s.io/v1", "networkpolicies"): "NetworkPolicy",
     ("keda.sh/v1alpha1", "scaledobjects"): "ScaledObject",
     ("tiffin.io/v1alpha1", "tiffindeployments"): "TiffinDeployment",
     ("coordination.k8s.io/v1", "leases"): "Lease",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from tiffin.contracts.exceptions import ConfigError
+from tiffin.kube.controller import reconcile
 from tiffin.kube.controller.conditions import Counts, condition, status_body
 from tiffin.kube.controller.config import ControllerSettings
 from tiffin.kube.controller.kubeapi import Resource, plural
-from tiffin.kube.controller.reconcile import InvalidSpec, deployment_of
+from tiffin.kube.controller.reconcile import InvalidSpec, deployment_of, manifests
+from tiffin.kube.render import Platform
 
 
 def resource(name: str, spec: object) -> dict[str, object]:
@@ -35,6 +38,16 @@ def test_an_invalid_spec_names_the_field(name: str, spec: object, problem: str) 
     with pytest.raises(InvalidSpec) as caught:
         deployment_of(resource(name, spec))
     assert any(p.startswith(problem) for p in caught.value.problems), caught.value.problems
+
+
+def test_what_render_refuses_is_reported_as_spec_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object) -> list[dict[str, object]]:  # stands in for a render that finds Kubernetes problems
+        raise ConfigError(["model: 'models/x' is a relative folder", "name: too long"])
+
+    monkeypatch.setattr(reconcile, "render", refuse)
+    with pytest.raises(InvalidSpec) as caught:
+        manifests(resource("smol", {"model": "smollm2"}), Platform())
+    assert caught.value.problems == ["spec.model: 'models/x' is a relative folder", "metadata.name: too long"]
 
 
 def test_rest_paths_of_core_and_grouped_kinds() -> None:

@@ -20,10 +20,11 @@ from pydantic import ValidationError
 
 from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment
+from tiffin.contracts.exceptions import ConfigError
 from tiffin.kube.controller.conditions import Counts, condition, status_body
 from tiffin.kube.controller.kubeapi import KubeApi, KubeApiError, Resource
 from tiffin.kube.controller.replicas import LABEL_DEPLOYMENT, MANAGED, counts_of
-from tiffin.kube.render import Platform, render
+from tiffin.kube.render import RENDERED_KINDS, Platform, render
 
 log = structlog.get_logger("tiffin.kube.controller.reconcile")
 
@@ -33,14 +34,7 @@ FINALIZER = "tiffin.io/cleanup"
 
 # Every kind `render` may return, listed when pruning (a kind a new render no longer returns at all must
 # still be found). Listing a kind whose CRD is absent (404) is skipped.
-PRUNE_KINDS: tuple[tuple[str, str], ...] = (
-    ("v1", "ConfigMap"),
-    ("v1", "Service"),
-    ("v1", "PersistentVolumeClaim"),
-    ("apps/v1", "Deployment"),
-    ("policy/v1", "PodDisruptionBudget"),
-    ("keda.sh/v1alpha1", "ScaledObject"),
-)
+PRUNE_KINDS: tuple[tuple[str, str], ...] = tuple((api_version, kind) for api_version, kind, _ in RENDERED_KINDS)
 
 ObjectKey = tuple[str, str, str]  # apiVersion, kind, name
 
@@ -75,6 +69,19 @@ def deployment_of(resource: dict[str, Any]) -> tuple[Deployment, str]:
             problems.append(f"{where}: {msg}")
         raise InvalidSpec(problems) from exc
     return deployment, yaml.safe_dump(data, sort_keys=False)
+
+
+def manifests(resource: dict[str, Any], platform: Platform) -> list[dict[str, Any]]:
+    """What the resource renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
+    deployment, source = deployment_of(resource)
+    try:
+        return render(deployment, platform, source)
+    except ConfigError as exc:  # render's own `field: problem` lines, relative to the deployment file
+        raise InvalidSpec([_field_of(p) for p in exc.problems]) from exc
+
+
+def _field_of(problem: str) -> str:
+    return "metadata." + problem if problem.startswith("name:") else "spec." + problem
 
 
 def key_of(obj: dict[str, Any]) -> ObjectKey:
@@ -155,14 +162,14 @@ class Reconciler:
         if FINALIZER not in (meta.get("finalizers") or []):
             resource = await self._set_finalizers(resource, [*(meta.get("finalizers") or []), FINALIZER])
         try:
-            deployment, source = deployment_of(resource)
+            objects = manifests(resource, self.platform)
         except InvalidSpec as exc:
             log.warning("spec_invalid", deployment=name, problems=exc.problems)
             await self._write_status(resource, self._applied(resource, False, "InvalidSpec", str(exc)), generation)
             self._done[meta["uid"]] = generation
             return
         try:
-            applied, pruned = await self._apply(resource, render(deployment, self.platform, source))
+            applied, pruned = await self._apply(resource, objects)
         except KubeApiError as exc:
             if exc.retryable:
                 raise
