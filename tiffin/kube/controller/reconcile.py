@@ -99,14 +99,19 @@ class Reconciler:
         self.counts: dict[str, dict[keys.Component, Counts]] = {}
         self._done: dict[str, int] = {}  # uid -> generation applied by this process
         self._live: dict[str, dict[str, Any]] = {}  # name -> last seen resource
-        # Two watches may reconcile one resource at once (its own events, and its workloads' deletion).
+        # Two watches act on one resource (its own events; its workloads' counts and deletion): one at a time.
         self._locks: dict[str, asyncio.Lock] = {}
+        # What this process last wrote to each resource's status: the Applied condition and generation it stands
+        # for, and the whole body. Kept here, not read back from the watch, whose copy may trail our own writes.
+        self._applied: dict[str, tuple[dict[str, Any], int]] = {}
+        self._written: dict[str, dict[str, Any]] = {}
 
     # --- watch handler -------------------------------------------------------------------------------------------
 
     async def synced(self, items: list[dict[str, Any]]) -> None:
         """After a list (start, restart, 410): reconcile every resource, whatever was done before."""
         self._done.clear()
+        self._written.clear()  # the list is fresh: compare with what it shows
         self._live = {item["metadata"]["name"]: item for item in items}
         for item in items:
             await self.reconcile(item)
@@ -116,7 +121,8 @@ class Reconciler:
         if kind == "DELETED":
             self._live.pop(meta["name"], None)
             self._done.pop(meta.get("uid", ""), None)
-            self._locks.pop(meta["name"], None)
+            for memo in (self._locks, self._applied, self._written):
+                memo.pop(meta["name"], None)
             return
         self._live[meta["name"]] = obj
         # A status-only change (our own status patch among them) does not move the generation.
@@ -127,14 +133,12 @@ class Reconciler:
     async def counts_changed(self, name: str, counts: dict[keys.Component, Counts]) -> None:
         """The replica sync saw new counts: refresh the resource's Ready condition and replica columns."""
         self.counts[name] = counts
-        resource = self._live.get(name)
-        if resource is None or resource["metadata"].get("deletionTimestamp"):
-            return
-        status = resource.get("status") or {}
-        applied = next((c for c in status.get("conditions") or [] if c.get("type") == "Applied"), None)
-        if applied is None:
-            return  # not reconciled yet: the reconcile writes the whole status
-        await self._write_status(resource, applied, int(status.get("observedGeneration") or 0))
+        async with self._lock(name):
+            resource = self._live.get(name)
+            if resource is None or resource["metadata"].get("deletionTimestamp") or name not in self._applied:
+                return  # gone, going, or not reconciled yet (the reconcile writes the whole status)
+            applied, generation = self._applied[name]
+            await self._write_status(resource, applied, generation)
 
     async def workload_deleted(self, name: str) -> None:
         """A workload of `name` went away: put it back unless its resource is going too (or the render dropped it)."""
@@ -150,8 +154,11 @@ class Reconciler:
 
     async def reconcile(self, resource: dict[str, Any]) -> None:
         """One pass over one resource; raises `KubeApiError` only when trying again may succeed."""
-        async with self._locks.setdefault(resource["metadata"]["name"], asyncio.Lock()):
+        async with self._lock(resource["metadata"]["name"]):
             await self._reconcile(resource)
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        return self._locks.setdefault(name, asyncio.Lock())
 
     async def _reconcile(self, resource: dict[str, Any]) -> None:
         meta = resource["metadata"]
@@ -165,7 +172,9 @@ class Reconciler:
             objects = manifests(resource, self.platform)
         except InvalidSpec as exc:
             log.warning("spec_invalid", deployment=name, problems=exc.problems)
-            await self._write_status(resource, self._applied(resource, False, "InvalidSpec", str(exc)), generation)
+            await self._write_status(
+                resource, self._applied_condition(resource, False, "InvalidSpec", str(exc)), generation
+            )
             self._done[meta["uid"]] = generation
             return
         try:
@@ -175,11 +184,13 @@ class Reconciler:
                 raise
             # The API refused an object (invalid, forbidden): say so on the resource; a spec change retries.
             log.warning("apply_refused", deployment=name, error=str(exc))
-            await self._write_status(resource, self._applied(resource, False, "ApplyFailed", str(exc)), generation)
+            await self._write_status(
+                resource, self._applied_condition(resource, False, "ApplyFailed", str(exc)), generation
+            )
             self._done[meta["uid"]] = generation
             return
         message = f"{applied} objects applied" + (f", {pruned} pruned" if pruned else "")
-        await self._write_status(resource, self._applied(resource, True, "Applied", message), generation)
+        await self._write_status(resource, self._applied_condition(resource, True, "Applied", message), generation)
         self._done[meta["uid"]] = generation
         log.info("reconciled", deployment=name, generation=generation, applied=applied, pruned=pruned)
 
@@ -243,23 +254,26 @@ class Reconciler:
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta["resourceVersion"]}}
         return await self.api.merge_patch(self.resources, meta["name"], patch)
 
-    def _applied(self, resource: dict[str, Any], ok: bool, reason: str, message: str) -> dict[str, Any]:
+    def _applied_condition(self, resource: dict[str, Any], ok: bool, reason: str, message: str) -> dict[str, Any]:
         generation = int(resource["metadata"].get("generation") or 0)
-        return condition("Applied", ok, reason, message, generation, self._conditions(resource))
+        return condition("Applied", ok, reason, message, generation, self._status(resource).get("conditions") or [])
 
-    @staticmethod
-    def _conditions(resource: dict[str, Any]) -> list[dict[str, Any]]:
-        return list((resource.get("status") or {}).get("conditions") or [])
+    def _status(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """The resource's status as last written by this process, else as the resource shows it."""
+        name = resource["metadata"]["name"]
+        return self._written.get(name) or resource.get("status") or {}
 
     async def _write_status(self, resource: dict[str, Any], applied: dict[str, Any], generation: int) -> None:
         name = resource["metadata"]["name"]
-        body = status_body(generation, applied, self.counts.get(name, {}), self._conditions(resource))
-        if (resource.get("status") or {}) == body:
+        self._applied[name] = (applied, generation)
+        current = self._status(resource)
+        body = status_body(generation, applied, self.counts.get(name, {}), current.get("conditions") or [])
+        if current == body:
             return
         try:
-            updated = await self.api.merge_patch(self.resources, name, {"status": body}, "status")
+            await self.api.merge_patch(self.resources, name, {"status": body}, "status")
         except KubeApiError as exc:
             if exc.status == 404:
                 return  # deleted meanwhile
             raise
-        self._live[name] = updated
+        self._written[name] = body
