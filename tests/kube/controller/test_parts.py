@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from tiffin.contracts.exceptions import ConfigError
 from tiffin.kube.controller import reconcile
@@ -99,3 +102,20 @@ def test_settings_refuse_a_renew_period_not_below_the_lease(monkeypatch: pytest.
     settings = ControllerSettings.from_env()
     assert (settings.namespace, settings.platform.namespace) == ("models", "models")
     assert settings.platform.runner_image == "example/runner:1"
+
+
+CRD_FILE = Path(__file__).parents[3] / "deploy" / "base" / "crds" / "tiffindeployments.tiffin.io.yaml"
+
+
+def test_the_status_written_fits_the_crd_s_status_schema() -> None:
+    if not CRD_FILE.exists():
+        pytest.skip(f"{CRD_FILE} is not in this checkout (the render branch generates it)")
+    import jsonschema  # the test extra's (with the CRD tests); imported here so the skip above needs neither
+
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    applied = condition("Applied", True, "Applied", "7 objects applied", 3, [])
+    body = status_body(3, applied, {"api": Counts(0, 0), "runner": Counts(1, 0)}, [])
+    jsonschema.validate(body, schema, format_checker=jsonschema.FormatChecker())
+    assert "status" in version.get("subresources", {}), "the controller writes status through the subresource"
