@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.kube.controller.conftest import LEASES, RESOURCES, Cluster, StartController, eventually
@@ -124,3 +125,28 @@ async def test_a_clean_stop_hands_the_lease_over_at_once(cluster: Cluster, start
 async def _holder(cluster: Cluster, identity: str) -> dict[str, Any] | None:
     lease = await cluster.api.get(LEASES, "tiffin-controller")
     return lease if lease and lease["spec"].get("holderIdentity") == identity else None
+
+
+async def test_a_leader_that_cannot_renew_steps_down_and_campaigns_again(
+    cluster: Cluster, start_controller: StartController
+) -> None:
+    running = await start_controller("controller-a", lease_duration_s=2.0, renew_s=0.4)
+    await eventually(lambda: _holder(cluster, "controller-a"), "controller-a holds the lease")
+    await eventually(_true(lambda: running.controller.reconciler is not None), "controller-a leads")
+    first_term = running.controller.reconciler
+
+    cluster.fake.fail("PUT", "/leases/", 500, times=1_000_000)  # renewals fail from now on
+    await eventually(_true(lambda: not running.leading), "controller-a steps down before its lease could expire")
+
+    cluster.fake.faults.clear()  # the API server recovers
+    await eventually(_true(lambda: running.leading), "controller-a leads again")
+    await eventually(_true(lambda: running.controller.reconciler is not first_term), "a new term started afresh")
+    await cluster.create("smol", SPEC)
+    await eventually(lambda: applied(cluster, "smol", 1), "the new term reconciles")
+
+
+def _true(check: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def poll() -> bool:
+        return check()
+
+    return poll

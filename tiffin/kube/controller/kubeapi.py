@@ -8,7 +8,7 @@ directly instead of the generated per-kind classes; kubernetes-asyncio still pro
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,7 +195,7 @@ class KubeApi:
 
     async def watch(
         self, resource: Resource, resource_version: str, label_selector: str | None = None, timeout_s: int = 300
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """Watch events after `resource_version` until the server ends the stream (after `timeout_s`).
 
         Yields {type, object}; BOOKMARK events are yielded too (they carry a newer resourceVersion).

@@ -7,6 +7,7 @@ to `synced` (reconcile all), and the watch carries on from exactly that version,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any, Protocol
 
@@ -70,10 +71,12 @@ class Watcher:
         while not stop.is_set():
             if self.resync_s is not None and time.monotonic() - listed_at >= self.resync_s:
                 return
-            async for event in self.api.watch(self.resource, version, self.label_selector, self.watch_timeout_s):
-                obj: dict[str, Any] = event.get("object") or {}
-                version = str(obj.get("metadata", {}).get("resourceVersion") or version)
-                if event.get("type") != "BOOKMARK":
-                    await self.handler.changed(str(event.get("type")), obj)
-                if stop.is_set():
-                    return
+            stream = self.api.watch(self.resource, version, self.label_selector, self.watch_timeout_s)
+            async with contextlib.aclosing(stream) as events:  # leaving early still releases the connection
+                async for event in events:
+                    obj: dict[str, Any] = event.get("object") or {}
+                    version = str(obj.get("metadata", {}).get("resourceVersion") or version)
+                    if event.get("type") != "BOOKMARK":
+                        await self.handler.changed(str(event.get("type")), obj)
+                    if stop.is_set():
+                        return
