@@ -1,4 +1,5 @@
-"""Retrying a dependency (Redis) that went away: exponential back-off with jitter, reset once it answers.
+"""Retrying a dependency (Redis; the Kubernetes API) that went away: exponential back-off with jitter, reset once
+it answers.
 
 A loop that reads from Redis keeps running through an outage instead of crashing its process (which its
 supervisor would restart into the same outage): it waits a little longer after each failure, up to a cap, logs
@@ -25,8 +26,9 @@ _LOG_AGAIN_S = 30.0  # a long outage is still mentioned now and then, not on eve
 class Backoff:
     """Back-off state of one loop: `await failed(exc)` after an error, `succeeded()` after a good round."""
 
-    def __init__(self, what: str, first_s: float = FIRST_S, max_s: float = MAX_S) -> None:
+    def __init__(self, what: str, first_s: float = FIRST_S, max_s: float = MAX_S, dependency: str = "redis") -> None:
         self.what = what
+        self.dependency = dependency  # named in the log events: `redis_unavailable`, `kubernetes_unavailable`
         self.first_s = first_s
         self.max_s = max_s
         self.failures = 0
@@ -39,10 +41,10 @@ class Backoff:
         now = time.monotonic()
         if self.failures == 0:
             self._since = self._logged = now
-            log.warning("redis_unavailable", loop=self.what, error=str(exc) or type(exc).__name__)
+            log.warning(f"{self.dependency}_unavailable", loop=self.what, error=str(exc) or type(exc).__name__)
         elif now - self._logged >= _LOG_AGAIN_S:
             self._logged = now
-            log.warning("redis_still_unavailable", loop=self.what, for_s=round(now - self._since, 1),
+            log.warning(f"{self.dependency}_still_unavailable", loop=self.what, for_s=round(now - self._since, 1),
                         error=str(exc) or type(exc).__name__)  # fmt: skip
         self.failures += 1
         delay = self._delay_s * random.uniform(0.5, 1.0)  # jitter: many loops must not reconnect in step
@@ -56,7 +58,7 @@ class Backoff:
     def succeeded(self) -> None:
         """A round went through: log the end of an outage, and start the next one from the first step."""
         if self.failures:
-            log.info("redis_reconnected", loop=self.what, after_s=round(time.monotonic() - self._since, 1),
+            log.info(f"{self.dependency}_reconnected", loop=self.what, after_s=round(time.monotonic() - self._since, 1),
                      failures=self.failures)  # fmt: skip
         self.failures = 0
         self._delay_s = self.first_s

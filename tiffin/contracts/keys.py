@@ -99,6 +99,12 @@ def desired(deployment: str) -> str:
     return f"{PREFIX}:desired:{deployment}"
 
 
+def cluster_ready(deployment: str) -> str:
+    """Hash of component -> ready replicas as a cluster platform reports them (Kubernetes' readyReplicas,
+    written by the controller) + updated_ms; absent under `tiffin up`, whose replicas are its own processes."""
+    return f"{PREFIX}:cluster-ready:{deployment}"
+
+
 # --- API keys (tiffin.contracts.apikeys): stored as hashes only, never the key itself ---------------------------------
 
 API_KEY_IDS = f"{PREFIX}:apikeys"

@@ -23,12 +23,16 @@ State = Literal["idle", "waking", "warm"]
 
 @dataclass(frozen=True)
 class ComponentStatus:
-    """Replica counts of one component: wanted by the scaling writer, and ready (registered, heartbeating)."""
+    """Replica counts of one component: wanted by the scaling writer, and ready (registered, heartbeating).
+
+    `cluster_ready` is the cluster's own count of ready pods (Kubernetes), None when no cluster reports one.
+    """
 
     desired: int | None
     ready: int
     min_replicas: int
     max_replicas: int
+    cluster_ready: int | None = None
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,17 @@ async def write_desired(redis: Redis, deployment: str, component: keys.Component
     await redis.hset(keys.desired(deployment), mapping={component: replicas, "updated_ms": now_ms()})
 
 
+async def write_cluster_ready(redis: Redis, deployment: str, component: keys.Component, replicas: int) -> None:
+    """Record the ready replicas the cluster reports (the Kubernetes controller, from status.readyReplicas)."""
+    await redis.hset(keys.cluster_ready(deployment), mapping={component: replicas, "updated_ms": now_ms()})
+
+
 async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
     """One deployment's status, from Redis alone (any interceptor or CLI can answer it)."""
     demand = await read_demand(redis, deployment)
     ready = {c: len(await Registry(redis, deployment.name, c).ready()) for c in keys.COMPONENTS}
     desired_raw: Any = await redis.hgetall(keys.desired(deployment.name))
+    cluster_raw: Any = await redis.hgetall(keys.cluster_ready(deployment.name))
     cold: Any = await redis.hgetall(keys.cold_start(deployment.name))
     woke = bool(await redis.exists(keys.waking(deployment.name)))
     oldest = await DeploymentQueue(redis, deployment.name).oldest_waiting_ms()
@@ -70,8 +80,9 @@ async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
 
     def component(name: keys.Component) -> ComponentStatus:
         spec = deployment.component(name)
-        raw = desired_raw.get(name.encode())
-        return ComponentStatus(int(raw) if raw is not None else None, ready[name], spec.min_replicas, spec.max_replicas)
+        raw, cluster = desired_raw.get(name.encode()), cluster_raw.get(name.encode())
+        return ComponentStatus(int(raw) if raw is not None else None, ready[name], spec.min_replicas, spec.max_replicas,
+                               int(cluster) if cluster is not None else None)  # fmt: skip
 
     api, runner = component("api"), component("runner")
     state: State
