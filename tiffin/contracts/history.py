@@ -33,9 +33,6 @@ WINDOW_S = 3600
 POINTS = WINDOW_S // STEP_S
 SPARK_STEP_S = 60
 SPARK_POINTS = WINDOW_S // SPARK_STEP_S
-# A step's hash lives through the window plus the step being written and one of slack for clock skew.
-TTL_S = WINDOW_S + 2 * STEP_S
-SPARK_TTL_S = WINDOW_S + 2 * SPARK_STEP_S
 
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 """Upper bounds (seconds) of the histogram buckets; one more bucket past the last holds everything slower."""
@@ -64,6 +61,12 @@ def bucket_field(series: str, index: int) -> str:
 def step_of(epoch_s: float, step_s: int = STEP_S) -> int:
     """The start (epoch seconds) of the step holding `epoch_s`."""
     return int(epoch_s // step_s) * step_s
+
+
+def _expiry(start_s: int, step_s: int = STEP_S) -> int:
+    """When a step's hash goes (epoch seconds): once the step has left the window, counted from the step's own
+    time, not the write's, so a late write of an old step cannot keep it (one step of slack for clock skew)."""
+    return start_s + WINDOW_S + 2 * step_s
 
 
 def bucket_of(seconds: float) -> int:
@@ -106,11 +109,12 @@ async def record_replicas(
         fields[desired_field(component)] = desired
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hset(step, mapping=fields)  # type: ignore[arg-type]
-        pipe.expire(step, TTL_S)
+        pipe.expireat(step, _expiry(step_of(now)))
         if component == "runner":
-            minute = keys.history_minute(deployment, step_of(now, SPARK_STEP_S))
+            minute_s = step_of(now, SPARK_STEP_S)
+            minute = keys.history_minute(deployment, minute_s)
             pipe.hset(minute, RUNNER_READY, ready)
-            pipe.expire(minute, SPARK_TTL_S)
+            pipe.expireat(minute, _expiry(minute_s, SPARK_STEP_S))
         await pipe.execute()
 
 
@@ -179,10 +183,11 @@ class TrafficRecorder:
                     for series, buckets in ((QUEUE_WAIT, step.queue_wait), (UPSTREAM, step.upstream)):
                         for index, count in buckets.items():
                             pipe.hincrby(key, bucket_field(series, index), count)
-                    pipe.expire(key, TTL_S)
-                    minute = keys.history_minute(name, step_of(step_s, SPARK_STEP_S))
+                    pipe.expireat(key, _expiry(step_s))
+                    minute_s = step_of(step_s, SPARK_STEP_S)
+                    minute = keys.history_minute(name, minute_s)
                     pipe.hincrby(minute, REQUESTS, step.requests)
-                    pipe.expire(minute, SPARK_TTL_S)
+                    pipe.expireat(minute, _expiry(minute_s, SPARK_STEP_S))
                 await pipe.execute()
         except (RedisError, OSError):
             self._keep(pending, now)
