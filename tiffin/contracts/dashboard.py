@@ -29,6 +29,37 @@ COLD_STARTS_READ = 100
 RECENT_SHOWN = 20
 """How many cold starts of the last hour the detail lists one by one."""
 
+# Scripts, not pipelines, and JSON replies: one command and one string per deployment cost far less to send and
+# parse (redis-py's parser is pure Python here) than thousands of small replies. The scripts make the step and
+# minute hash names from their prefixes (`keys.history_steps`, `keys.history_minutes`) rather than receive them
+# all: a single Redis, not a cluster, holds tiffin's state.
+# KEYS: each deployment's cold-start list. ARGV: first minute, minute length, minutes, then each deployment's minute
+# prefix. Per deployment: {the newest cold start or nil, JSON [[requests, runner_ready], ...], false for nothing}.
+_READ_SPARKS = """
+local first, step, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local out = {}
+for d, list in ipairs(KEYS) do
+  local prefix, minutes = ARGV[3 + d], {}
+  for m = 1, count do
+    minutes[m] = redis.call('HMGET', prefix .. (first + (m - 1) * step), 'requests', 'runner_ready')
+  end
+  out[d] = {redis.call('LINDEX', list, 0), cjson.encode(minutes)}
+end
+return out
+"""
+
+# ARGV: a step prefix, first step, step length, steps. JSON: each step hash's fields as an object.
+_READ_STEPS = """
+local prefix, first, step, count = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 1, count do
+  local flat, fields = redis.call('HGETALL', prefix .. (first + (i - 1) * step)), {}
+  for j = 1, #flat, 2 do fields[flat[j]] = flat[j + 1] end
+  out[i] = fields
+end
+return cjson.encode(out)
+"""
+
 # /api/status's fields that the dashboard leaves out (it has `last_cold_start` and `idle_s` instead).
 _STATUS_ONLY = ("last_cold_start_s", "last_cold_start_at_ms", "last_activity_ms")
 
@@ -39,7 +70,7 @@ def _steps(now_s: float, step_s: int, points: int) -> list[int]:
     return [last - step_s * (points - 1 - i) for i in range(points)]
 
 
-def _rate(count: bytes | None, start: int, step_s: int, now_s: float) -> float | None:
+def _rate(count: bytes | str | None, start: int, step_s: int, now_s: float) -> float | None:
     """Per second over the step; the step under way is divided by the time it has lasted so far."""
     if count is None:
         return None
@@ -47,7 +78,7 @@ def _rate(count: bytes | None, start: int, step_s: int, now_s: float) -> float |
     return round(int(count) / lasted, 3)
 
 
-def _int(raw: bytes | None) -> int | None:
+def _int(raw: bytes | str | None) -> int | None:
     return None if raw is None else int(raw)
 
 
@@ -83,20 +114,22 @@ def totals(statuses: Sequence[DeploymentStatus], deployments: Sequence[Deploymen
 async def _extras(
     redis: Redis, deployments: Sequence[Deployment], now_s: float
 ) -> list[tuple[ColdStart | None, dict[str, Any]]]:
-    """Each deployment's last cold start and minute sparklines, in one pipeline."""
+    """Each deployment's last cold start and minute sparklines, in one round trip."""
+    if not deployments:
+        return []
     minutes = _steps(now_s, SPARK_STEP_S, SPARK_POINTS)
-    async with redis.pipeline(transaction=False) as pipe:
-        for dep in deployments:
-            pipe.lindex(cold_starts_key(dep.name), 0)
-            for minute in minutes:
-                pipe.hmget(keys.history_minute(dep.name, minute), [history.REQUESTS, history.RUNNER_READY])
-        replies: list[Any] = await pipe.execute()
+    lists = [cold_starts_key(d.name) for d in deployments]
+    args: list[str | int] = [
+        minutes[0],
+        SPARK_STEP_S,
+        len(minutes),
+        *(keys.history_minutes(d.name) for d in deployments),
+    ]
+    replies: Any = await redis.register_script(_READ_SPARKS)(keys=lists, args=args)
     out = []
-    per = 1 + len(minutes)
-    for i in range(len(deployments)):
-        raw = replies[i * per]
+    for raw, encoded in replies:
         last = ColdStart.from_json(json.loads(raw)) if raw is not None else None
-        points = replies[i * per + 1 : (i + 1) * per]
+        points = [[v or None for v in point] for point in json.loads(encoded)]
         spark = {
             "step_s": SPARK_STEP_S,
             "t": minutes,
@@ -233,18 +266,19 @@ async def read_series(redis: Redis, name: str, now_s: float) -> dict[str, Any]:
     """The last hour in 10 s steps, oldest first: replicas, request and error rates, queue wait and upstream
     p50/p95 (from the step's merged histogram buckets); null where nothing was recorded."""
     steps = _steps(now_s, STEP_S, history.POINTS)
-    async with redis.pipeline(transaction=False) as pipe:
-        for step in steps:
-            pipe.hgetall(keys.history_step(name, step))
-        hashes: list[dict[bytes, bytes]] = await pipe.execute()
+    args: list[str | int] = [keys.history_steps(name), steps[0], STEP_S, len(steps)]
+    encoded: Any = await redis.register_script(_READ_STEPS)(args=args)
+    hashes: list[dict[str, str]] = json.loads(encoded)
     out: dict[str, Any] = {"step_s": STEP_S, "t": steps}
     for component in keys.COMPONENTS:
         for field in (history.ready_field(component), history.desired_field(component)):
-            out[field] = [_int(h.get(field.encode())) for h in hashes]
-    out["requests_per_s"] = [_rate(h.get(b"requests"), s, STEP_S, now_s) for h, s in zip(hashes, steps, strict=True)]
-    out["errors_per_s"] = [_rate(h.get(b"errors"), s, STEP_S, now_s) for h, s in zip(hashes, steps, strict=True)]
+            out[field] = [_int(h.get(field)) for h in hashes]
+    out["requests_per_s"] = [
+        _rate(h.get(history.REQUESTS), s, STEP_S, now_s) for h, s in zip(hashes, steps, strict=True)
+    ]
+    out["errors_per_s"] = [_rate(h.get(history.ERRORS), s, STEP_S, now_s) for h, s in zip(hashes, steps, strict=True)]
     for series, label in ((history.QUEUE_WAIT, "queue_wait"), (history.UPSTREAM, "upstream")):
-        buckets = [[int(h.get(history.bucket_field(series, i).encode(), 0)) for i in range(len(history.BUCKETS) + 1)]
+        buckets = [[int(h.get(history.bucket_field(series, i), 0)) for i in range(len(history.BUCKETS) + 1)]
                    for h in hashes]  # fmt: skip
         for q, suffix in ((0.5, "p50_s"), (0.95, "p95_s")):
             out[f"{label}_{suffix}"] = [_round(history.quantile(b, q)) for b in buckets]
