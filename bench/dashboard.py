@@ -21,8 +21,8 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from tiffin.common.redis_conn import connect
-from tiffin.contracts import history
-from tiffin.contracts.coldstart import ColdStart, cold_starts_key
+from tiffin.contracts import history, keys
+from tiffin.contracts.coldstart import ColdStart
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.dashboard import detail, summary
 from tiffin.contracts.frames import Envelope
@@ -52,7 +52,7 @@ async def fill(redis: Redis, names: list[str]) -> None:
         await queue.admit(envelope, max_waiting=100, ttl_s=600)
         for i in range(20):
             record = ColdStart(f"c{i}", int((now - 60 * i) * 1000), 6000.0 + i, {"activated": 30.0}, "ok")
-            await redis.lpush(cold_starts_key(name), json.dumps(record.to_json()))
+            await redis.lpush(keys.cold_starts(name), json.dumps(record.to_json()))
 
 
 async def timed(rounds: int, call: object) -> list[float]:

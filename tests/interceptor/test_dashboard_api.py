@@ -21,7 +21,8 @@ from interceptor.app import admin_app
 from tests.interceptor.conftest import Edge, StandInProxy, running_edge, serving
 from tests.tiffin.contracts.test_queue import envelope
 from tiffin.common.redis_conn import connect_bounded
-from tiffin.contracts.coldstart import ColdStart, cold_starts_key
+from tiffin.contracts import keys
+from tiffin.contracts.coldstart import ColdStart
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.frames import QUEUE_MS_HEADER, Frame
 from tiffin.contracts.load import LoadReport, RunnerLoad
@@ -73,7 +74,7 @@ async def warm_up(redis: Redis) -> None:
     now_ms = int(time.time() * 1000)
     for record in (ColdStart("c1", now_ms - 60_000, 4000.0, {"activated": 30.0, "first_byte": 4000.0}, "ok"),
                    ColdStart("c2", now_ms - 30_000, 8000.0, {"activated": 25.0}, "ok")):  # fmt: skip
-        await redis.lpush(cold_starts_key("small"), json.dumps(record.to_json()))
+        await redis.lpush(keys.cold_starts("small"), json.dumps(record.to_json()))
 
 
 async def get(session: aiohttp.ClientSession, url: str, status: int = 200) -> Any:

@@ -9,6 +9,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tiffin.contracts.coldstart import ColdStart
+
 DASHBOARD_PATH = "/api/dashboard"
 
 
@@ -71,6 +73,10 @@ def render(data: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.append("(API and RUNNER: ready/desired replicas; LAST REQUEST: since the last request arrived or finished)")
+    for dep in data.get("deployments", []):
+        last = dep.get("last_cold_start")
+        if last:  # each phase in seconds since the waking request arrived
+            lines.append(f"{dep['name']}: last {ColdStart.from_json(last).describe()}")
     t = data.get("totals")
     if t:
         lines.append(

@@ -17,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from tiffin.contracts import history, keys
-from tiffin.contracts.coldstart import ColdStart, cold_starts_key, recent_cold_starts
+from tiffin.contracts.coldstart import ColdStart, recent_cold_starts
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.history import SPARK_POINTS, SPARK_STEP_S, STEP_S, WINDOW_S
 from tiffin.contracts.load import LoadReport
@@ -33,17 +33,17 @@ RECENT_SHOWN = 20
 # parse (redis-py's parser is pure Python here) than thousands of small replies. The scripts make the step and
 # minute hash names from their prefixes (`keys.history_steps`, `keys.history_minutes`) rather than receive them
 # all: a single Redis, not a cluster, holds tiffin's state.
-# KEYS: each deployment's cold-start list. ARGV: first minute, minute length, minutes, then each deployment's minute
-# prefix. Per deployment: {the newest cold start or nil, JSON [[requests, runner_ready], ...], false for nothing}.
+# ARGV: first minute, minute length, minutes, then each deployment's minute prefix. Per deployment: JSON
+# [[requests, runner_ready], ...], false where nothing was recorded.
 _READ_SPARKS = """
 local first, step, count = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local out = {}
-for d, list in ipairs(KEYS) do
-  local prefix, minutes = ARGV[3 + d], {}
+for d = 4, #ARGV do
+  local minutes = {}
   for m = 1, count do
-    minutes[m] = redis.call('HMGET', prefix .. (first + (m - 1) * step), 'requests', 'runner_ready')
+    minutes[m] = redis.call('HMGET', ARGV[d] .. (first + (m - 1) * step), 'requests', 'runner_ready')
   end
-  out[d] = {redis.call('LINDEX', list, 0), cjson.encode(minutes)}
+  out[d - 3] = cjson.encode(minutes)
 end
 return out
 """
@@ -85,8 +85,8 @@ def _int(raw: bytes | str | None) -> int | None:
 async def summary(redis: Redis, deployments: Sequence[Deployment]) -> dict[str, Any]:
     """`GET /api/dashboard`: totals and one entry per deployment (its status, last cold start and sparklines)."""
     now_s = time.time()
-    statuses, extras = await asyncio.gather(read_statuses(redis, deployments), _extras(redis, deployments, now_s))
-    entries = [_entry(s, *extra) for s, extra in zip(statuses, extras, strict=True)]
+    statuses, sparks = await asyncio.gather(read_statuses(redis, deployments), _sparks(redis, deployments, now_s))
+    entries = [_entry(s, spark) for s, spark in zip(statuses, sparks, strict=True)]
     return {
         "generated_at_ms": now_ms(),
         "window_s": WINDOW_S,
@@ -111,38 +111,31 @@ def totals(statuses: Sequence[DeploymentStatus], deployments: Sequence[Deploymen
     }
 
 
-async def _extras(
-    redis: Redis, deployments: Sequence[Deployment], now_s: float
-) -> list[tuple[ColdStart | None, dict[str, Any]]]:
-    """Each deployment's last cold start and minute sparklines, in one round trip."""
+async def _sparks(redis: Redis, deployments: Sequence[Deployment], now_s: float) -> list[dict[str, Any]]:
+    """Each deployment's minute sparklines (requests per second, runners ready), in one round trip."""
     if not deployments:
         return []
     minutes = _steps(now_s, SPARK_STEP_S, SPARK_POINTS)
-    lists = [cold_starts_key(d.name) for d in deployments]
-    args: list[str | int] = [
-        minutes[0],
-        SPARK_STEP_S,
-        len(minutes),
-        *(keys.history_minutes(d.name) for d in deployments),
-    ]
-    replies: Any = await redis.register_script(_READ_SPARKS)(keys=lists, args=args)
+    prefixes = [keys.history_minutes(d.name) for d in deployments]
+    args: list[str | int] = [minutes[0], SPARK_STEP_S, len(minutes), *prefixes]
+    replies: Any = await redis.register_script(_READ_SPARKS)(args=args)
     out = []
-    for raw, encoded in replies:
-        last = ColdStart.from_json(json.loads(raw)) if raw is not None else None
+    for encoded in replies:
         points = [[v or None for v in point] for point in json.loads(encoded)]
-        spark = {
+        out.append({
             "step_s": SPARK_STEP_S,
             "t": minutes,
             "requests_per_s": [_rate(p[0], m, SPARK_STEP_S, now_s) for p, m in zip(points, minutes, strict=True)],
             "runner_ready": [_int(p[1]) for p in points],
-        }
-        out.append((last, spark))
+        })  # fmt: skip
     return out
 
 
-def _entry(status: DeploymentStatus, last: ColdStart | None, spark: dict[str, Any]) -> dict[str, Any]:
+def _entry(status: DeploymentStatus, spark: dict[str, Any]) -> dict[str, Any]:
+    """The overview's object for one deployment: its status as /api/status gives it, less what the dashboard
+    shows otherwise, and its sparklines."""
     entry = {k: v for k, v in status.to_json().items() if k not in _STATUS_ONLY}
-    entry["last_cold_start"] = None if last is None else last.to_json()
+    entry["last_cold_start"] = None if status.last_cold_start is None else status.last_cold_start.to_json()
     entry["spark"] = spark
     return entry
 
@@ -150,16 +143,16 @@ def _entry(status: DeploymentStatus, last: ColdStart | None, spark: dict[str, An
 async def detail(redis: Redis, deployment: Deployment) -> dict[str, Any]:
     """`GET /api/dashboard/{name}`: the overview's entry, settings, replicas, cold starts and the hour's series."""
     now_s = time.time()
-    (status,), ((last, spark),), replicas, colds, series = await asyncio.gather(
+    (status,), (spark,), replicas, colds, series = await asyncio.gather(
         read_statuses(redis, [deployment]),
-        _extras(redis, [deployment], now_s),
+        _sparks(redis, [deployment], now_s),
         read_replicas(redis, deployment.name, now_s),
         recent_cold_starts(redis, deployment.name, COLD_STARTS_READ),
         read_series(redis, deployment.name, now_s),
     )
     return {
         "generated_at_ms": now_ms(),
-        "deployment": _entry(status, last, spark),
+        "deployment": _entry(status, spark),
         "settings": settings(deployment),
         "replicas": replicas,
         "cold_starts": cold_start_summary(colds, now_s),

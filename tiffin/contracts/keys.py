@@ -72,6 +72,18 @@ def cold_start(deployment: str) -> str:
     return f"{PREFIX}:cold-start:{deployment}"
 
 
+def cold_start_phases(deployment: str) -> str:
+    """Hash of the cold start under way: rid (the waking request), arrived and each phase seen -> epoch-ms
+    (Redis's clock); made with the waking mark, expiring with it, folded into `cold_starts` when it ends."""
+    return f"{PREFIX}:cold-start-phases:{deployment}"
+
+
+def cold_starts(deployment: str) -> str:
+    """List of the last cold starts' records (JSON, see `tiffin.contracts.coldstart.ColdStart`), newest first,
+    bounded."""
+    return f"{PREFIX}:cold-starts:{deployment}"
+
+
 def runner_load(deployment: str) -> str:
     """Sorted set of API server replica ids reporting runner load, scored by the epoch-ms their report lapses."""
     return f"{PREFIX}:runner-load:{deployment}"

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from redis.asyncio import Redis
 
 from tiffin.contracts import keys
+from tiffin.contracts.coldstart import ColdStart
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.demand import Demand
 from tiffin.contracts.load import LoadReport
@@ -44,7 +45,11 @@ class DeploymentStatus:
     oldest_waiting_s: float | None
     idle_s: float | None
     last_cold_start_s: float | None
+    """The last finished cold start's duration (arrival to first byte)."""
     last_cold_start_at_ms: int | None
+    """When the last finished cold start ended (epoch ms)."""
+    last_cold_start: ColdStart | None
+    """The last cold start with its phases, finished or failed (`ColdStart.to_json()` in the JSON)."""
     last_activity_ms: int | None = None
     """Epoch-ms of the last enqueue or finished request (what `idle_s` counts from)."""
 
@@ -96,15 +101,16 @@ def state_of(api: ComponentStatus, runner: ComponentStatus, busy: bool, woke: bo
     return "idle"
 
 
-# KEYS, nine per deployment: queue, runner-load, runner-load-values, activity, api replicas, runner replicas, desired,
-# cold-start, waking. ARGV: now ms, the proxies' consumer group. One reply per deployment: {queue length, in flight,
-# id of the oldest waiting entry or nil, live runner load reports, activity, api ready, runner ready, desired (flat),
-# cold start (flat), waking}. A script, not a pipeline: one command for 50 deployments costs far less to send and
-# parse than 500, and the oldest waiting entry needs the group's last-delivered id first.
+# KEYS, ten per deployment: queue, runner-load, runner-load-values, activity, api replicas, runner replicas, desired,
+# cold-start, waking, cold-starts. ARGV: now ms, the proxies' consumer group. One reply per deployment: {queue
+# length, in flight, id of the oldest waiting entry or nil, live runner load reports, activity, api ready, runner
+# ready, desired (flat), cold start (flat), waking, the newest cold-start record or nil}. A script, not a pipeline:
+# one command for 50 deployments costs far less to send and parse than 500, and the oldest waiting entry needs the
+# group's last-delivered id first.
 _READ_STATUSES = """
 local out = {}
-for d = 0, #KEYS / 9 - 1 do
-  local k = d * 9
+for d = 0, #KEYS / 10 - 1 do
+  local k = d * 10
   local q = KEYS[k + 1]
   local length = redis.call('XLEN', q)
   local pending, last = 0, nil
@@ -130,7 +136,8 @@ for d = 0, #KEYS / 9 - 1 do
   if #live > 0 then reports = redis.call('HMGET', KEYS[k + 3], unpack(live)) end
   out[d + 1] = {length, pending, oldest, reports, redis.call('GET', KEYS[k + 4]),
     redis.call('ZCOUNT', KEYS[k + 5], ARGV[1], '+inf'), redis.call('ZCOUNT', KEYS[k + 6], ARGV[1], '+inf'),
-    redis.call('HGETALL', KEYS[k + 7]), redis.call('HGETALL', KEYS[k + 8]), redis.call('EXISTS', KEYS[k + 9])}
+    redis.call('HGETALL', KEYS[k + 7]), redis.call('HGETALL', KEYS[k + 8]), redis.call('EXISTS', KEYS[k + 9]),
+    redis.call('LINDEX', KEYS[k + 10], 0)}
 end
 return out
 """
@@ -147,7 +154,7 @@ async def read_statuses(redis: Redis, deployments: Sequence[Deployment]) -> list
         for n in names
         for key in (keys.queue(n), keys.runner_load(n), keys.runner_load_values(n), keys.activity(n),
                     keys.replicas(n, "api"), keys.replicas(n, "runner"), keys.desired(n), keys.cold_start(n),
-                    keys.waking(n))
+                    keys.waking(n), keys.cold_starts(n))
     ]  # fmt: skip
     replies: Any = await redis.register_script(_READ_STATUSES)(keys=script_keys, args=[now, keys.GROUP])
     return [_status(dep, reply, now) for dep, reply in zip(deployments, replies, strict=True)]
@@ -185,5 +192,6 @@ def _status(dep: Deployment, r: list[Any], now: int) -> DeploymentStatus:
         idle_s=None if idle == float("inf") else round(idle, 1),
         last_cold_start_s=int(cold[b"duration_ms"]) / 1000 if b"duration_ms" in cold else None,
         last_cold_start_at_ms=int(cold[b"at_ms"]) if b"at_ms" in cold else None,
+        last_cold_start=None if r[10] is None else ColdStart.from_json(json.loads(r[10])),
         last_activity_ms=activity,
     )

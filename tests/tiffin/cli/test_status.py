@@ -45,6 +45,7 @@ async def test_status_shows_what_the_dashboard_shows(redis: Redis, capsys: pytes
     assert big[:6] == ["big", "waking", "0/-", "1/1", "1", "0"]
     assert big[6].endswith(("ms", "s"))  # the waiting request's age, with its unit
     assert big[-1] == "-"  # never had a cold start
+    assert lines[4] == "small: last cold start 8.0 s: activated +0.03 s"  # the newest, with its phases
     assert lines[-1] == ("2 deployments: 0 idle, 1 waking, 1 warm; 1 API server and 2 runners ready (1 on GPUs); "
                          "1 queued, 0 in flight")  # fmt: skip
 
