@@ -494,12 +494,14 @@ class Relay:
                 metrics.QUEUE_WAIT.labels(outcome.deployment).observe(outcome.queue_ms / 1000)
             if outcome.cold_start_ms is not None:
                 metrics.COLD_START_WAIT.labels(outcome.deployment).observe(outcome.cold_start_ms / 1000)
-        upstream_ms = None if outcome.queue_ms is None else round(total * 1000 - outcome.queue_ms, 1)
+        upstream_s = None
+        if outcome.queue_ms is not None and outcome.enqueued is not None:
+            # From a replica taking it (enqueue + its queue wait) to the last byte, which is now: the same measure
+            # in the log line, the histogram and the dashboard's history.
+            upstream_s = max(0.0, time.monotonic() - outcome.enqueued - outcome.queue_ms / 1000)
+        upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 1)
         if outcome.deployment != "-":
-            upstream_s = None
-            if outcome.queue_ms is not None and outcome.enqueued is not None:
-                # From a replica taking it (enqueue + its queue wait) to the last byte, which is now.
-                upstream_s = max(0.0, time.monotonic() - outcome.enqueued - outcome.queue_ms / 1000)
+            if upstream_s is not None:
                 metrics.UPSTREAM.labels(outcome.deployment).observe(upstream_s)
             queue_s = None if outcome.queue_ms is None else outcome.queue_ms / 1000
             self.history.observe(outcome.deployment, outcome.failed, queue_s, upstream_s)
