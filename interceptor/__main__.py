@@ -76,6 +76,8 @@ async def serve(settings: InterceptorSettings) -> None:
     # Keys stay fresh and slots stay renewed until the drain is over: in-flight requests still hold them.
     gate_stop = asyncio.Event()
     keys_task = asyncio.create_task(gate.run(gate_stop), name="api-keys")
+    # The history is flushed until the drain is over, then once more: the drained requests count too.
+    history_task = asyncio.create_task(relay.history.run(redis, gate_stop, settings.history_flush_s), name="history")
     await stop.wait()
     await janitor
     if renewals is not None:
@@ -95,6 +97,7 @@ async def serve(settings: InterceptorSettings) -> None:
     await relay.withdrawals.stop()
     gate_stop.set()
     await keys_task
+    await history_task
     await reader.stop()
     await admin.cleanup()
     await reader_redis.aclose()

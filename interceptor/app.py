@@ -10,17 +10,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from interceptor import dashboard_standin, metrics
+from interceptor import gauges, metrics
 from interceptor.admin_auth import require_token
 from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
 from interceptor.page import add_page_routes
 from interceptor.relay import Relay
 from tiffin.contracts.config import Deployment
+from tiffin.contracts.dashboard import detail, summary
 from tiffin.contracts.errors import error_body, error_response
 from tiffin.contracts.exceptions import MethodNotAllowed, NotFound, RequestError
 from tiffin.contracts.frames import COMPLETION_PATHS
 from tiffin.contracts.queue import now_ms
-from tiffin.contracts.status import read_status
+from tiffin.contracts.status import read_statuses
 
 log = structlog.get_logger("interceptor")
 
@@ -29,6 +30,8 @@ REDIS = web.AppKey("redis", Redis)
 
 # A status read is a handful of round trips; past this, Redis is as good as unreachable for the caller.
 STATUS_TIMEOUT_S = 5.0
+# A scrape must answer well within Prometheus' scrape timeout (10 s by default), Redis or not.
+GAUGES_TIMEOUT_S = 2.0
 
 
 def public_app(relay: Relay) -> web.Application:
@@ -75,9 +78,9 @@ def admin_app(relay: Relay, redis: Redis, token: str | None = None) -> web.Appli
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/api/status", _status_all)
     app.router.add_get("/api/status/{name}", _status_one)
+    app.router.add_get("/api/dashboard", _dashboard_all)
+    app.router.add_get("/api/dashboard/{name}", _dashboard_one)
     add_page_routes(app)
-    # Until the dashboard's own API lands: the same shapes from read_status, with empty history.
-    app.router.add_routes(dashboard_standin.routes(lambda: relay.router.deployments, redis))
     return app
 
 
@@ -98,7 +101,10 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    return web.Response(body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """This interceptor's own metrics, then the deployments' gauges read from Redis now (left out without it)."""
+    shared = await gauges.exposition(request.app[REDIS], request.app[RELAY].router.deployments, GAUGES_TIMEOUT_S)
+    body = generate_latest(metrics.REGISTRY) + shared
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _status_all(request: web.Request) -> web.Response:
@@ -107,22 +113,57 @@ async def _status_all(request: web.Request) -> web.Response:
 
 
 async def _status_one(request: web.Request) -> web.Response:
+    found = _deployment(request)
+    if found is None:
+        return _unknown(request)
+    return await _status(request, [found], single=True)
+
+
+def _deployment(request: web.Request) -> Deployment | None:
     name = request.match_info["name"]
-    found = [d for d in request.app[RELAY].router.deployments if d.name == name]
-    if not found:
-        return error_response(NotFound(f"no deployment named '{name}'", code="deployment_not_found"))
-    return await _status(request, found, single=True)
+    return next((d for d in request.app[RELAY].router.deployments if d.name == name), None)
+
+
+def _unknown(request: web.Request) -> web.Response:
+    return error_response(NotFound(f"no deployment named '{request.match_info['name']}'", code="deployment_not_found"))
+
+
+def _redis_unavailable(exc: BaseException) -> web.Response:
+    log.warning("status_redis_unreachable", error=str(exc) or type(exc).__name__)
+    message = "redis is unreachable, so deployment status is unknown"
+    return web.json_response(error_body(message, "server_error", "redis_unavailable"), status=503)
+
+
+async def _dashboard_all(request: web.Request) -> web.Response:
+    """The dashboard's overview: every deployment of this interceptor's config, in config order, and totals."""
+    try:
+        async with asyncio.timeout(STATUS_TIMEOUT_S):
+            data = await summary(request.app[REDIS], request.app[RELAY].router.deployments)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return _redis_unavailable(exc)
+    return web.json_response(data)
+
+
+async def _dashboard_one(request: web.Request) -> web.Response:
+    """One deployment in detail: settings, replicas, cold starts and the last hour's series."""
+    found = _deployment(request)
+    if found is None:
+        return _unknown(request)
+    try:
+        async with asyncio.timeout(STATUS_TIMEOUT_S):
+            data = await detail(request.app[REDIS], found)
+    except (RedisError, OSError, TimeoutError) as exc:
+        return _redis_unavailable(exc)
+    return web.json_response(data)
 
 
 async def _status(request: web.Request, deployments: list[Deployment], single: bool = False) -> web.Response:
     redis = request.app[REDIS]
     try:
         async with asyncio.timeout(STATUS_TIMEOUT_S):
-            statuses = await asyncio.gather(*(read_status(redis, d) for d in deployments))
+            statuses = await read_statuses(redis, deployments)
     except (RedisError, OSError, TimeoutError) as exc:
-        log.warning("status_redis_unreachable", error=str(exc) or type(exc).__name__)
-        message = "redis is unreachable, so deployment status is unknown"
-        return web.json_response(error_body(message, "server_error", "redis_unavailable"), status=503)
+        return _redis_unavailable(exc)
     if single:
         return web.json_response(statuses[0].to_json())
     return web.json_response({"deployments": [s.to_json() for s in statuses], "at_ms": now_ms()})

@@ -147,6 +147,9 @@ class InterceptorSettings:
 
     keys_poll_s: float
     """TIFFIN_KEYS_POLL_S: how often to check Redis for new or revoked API keys (default 0.25; one GET)."""
+    history_flush_s: float
+    """TIFFIN_HISTORY_FLUSH_S: how often the dashboard's request history, counted in memory, is added into
+    Redis (default 2; one transaction for every deployment)."""
     key_slot_lease_s: float
     """TIFFIN_KEY_SLOT_LEASE_S: a key's concurrency slot lapses this long after its interceptor dies (default 30);
     a live interceptor renews the slots it holds every third of it."""
@@ -192,6 +195,7 @@ class InterceptorSettings:
             tls_reload_s=env_positive("TIFFIN_TLS_RELOAD_S", 10.0),
             keys_poll_s=env_positive("TIFFIN_KEYS_POLL_S", 0.25),
             key_slot_lease_s=env_positive("TIFFIN_KEY_SLOT_LEASE_S", 30.0),
+            history_flush_s=env_positive("TIFFIN_HISTORY_FLUSH_S", 2.0),
             edge=EdgeSettings.from_env(),
         )
 

@@ -23,6 +23,10 @@ DURATION = Histogram(
     "tiffin_request_duration_seconds", "Time from arrival until the last reply byte.", ["deployment"],
     buckets=_WAIT_BUCKETS, registry=REGISTRY,
 )  # fmt: skip
+UPSTREAM = Histogram(
+    "tiffin_upstream_seconds", "Time from a replica taking the request until its last reply byte.", ["deployment"],
+    buckets=_WAIT_BUCKETS, registry=REGISTRY,
+)  # fmt: skip
 COLD_START_WAIT = Histogram(
     "tiffin_cold_start_wait_seconds",
     "Time from enqueue until the reply started, for requests that found the deployment cold.",

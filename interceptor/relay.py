@@ -48,6 +48,7 @@ from tiffin.contracts.frames import (
     Frame,
     FrameKind,
 )
+from tiffin.contracts.history import TrafficRecorder
 from tiffin.contracts.keylimits import Slot
 from tiffin.contracts.queue import Admission, DeploymentQueue, now_ms, redis_clock_offset_ms
 
@@ -94,6 +95,13 @@ class Outcome:
     """The id of the valid API key the request carried (never the key)."""
     error: str | None = None
     """The error code that ended a stream after its head (`detail` is then `stream_broken`)."""
+    enqueued: float | None = None
+    """When it was enqueued (monotonic): with `queue_ms`, where the upstream time starts."""
+
+    @property
+    def failed(self) -> bool:
+        """Counted as an error in the dashboard's history: a status >= 500, or a stream broken after its head."""
+        return self.status >= 500 or self.error is not None
 
 
 class _SlowReader(Exception):
@@ -135,6 +143,8 @@ class Relay:
         self.backend_down = False
         """The last Redis step of a request failed (cleared by the next one that succeeds)."""
         self._cleanups: set[asyncio.Task[None]] = set()
+        self.history = TrafficRecorder(d.name for d in router.deployments)
+        """Requests per step for the dashboard, flushed to Redis by the interceptor's history task."""
 
     async def ensure_queues(self) -> None:
         """Create the queues' consumer groups, and learn Redis's clock (an admit's deadline is set by it)."""
@@ -193,6 +203,7 @@ class Relay:
             raise PayloadTooLarge(f"request body exceeds {deployment.limits.max_body_bytes} bytes")
         queue = self.queues[deployment.name]
         enqueued = now_ms()
+        outcome.enqueued = time.monotonic()
         headers = {k: request.headers[k] for k in FORWARDED_HEADERS if k in request.headers}
         headers.update(client_of(request).headers)
         headers["x-request-id"] = outcome.request_id
@@ -491,7 +502,17 @@ class Relay:
                 metrics.QUEUE_WAIT.labels(outcome.deployment).observe(outcome.queue_ms / 1000)
             if outcome.cold_start_ms is not None:
                 metrics.COLD_START_WAIT.labels(outcome.deployment).observe(outcome.cold_start_ms / 1000)
-        upstream_ms = None if outcome.queue_ms is None else round(total * 1000 - outcome.queue_ms, 1)
+        upstream_s = None
+        if outcome.queue_ms is not None and outcome.enqueued is not None:
+            # From a replica taking it (enqueue + its queue wait) to the last byte, which is now: the same measure
+            # in the log line, the histogram and the dashboard's history.
+            upstream_s = max(0.0, time.monotonic() - outcome.enqueued - outcome.queue_ms / 1000)
+        upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 1)
+        if outcome.deployment != "-":
+            if upstream_s is not None:
+                metrics.UPSTREAM.labels(outcome.deployment).observe(upstream_s)
+            queue_s = None if outcome.queue_ms is None else outcome.queue_ms / 1000
+            self.history.observe(outcome.deployment, outcome.failed, queue_s, upstream_s)
         log.info(
             "request",
             deployment=outcome.deployment,

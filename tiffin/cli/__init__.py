@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TIFFIN_ADMIN_URL", "http://127.0.0.1:9090"),
         help="the interceptor's admin address (default http://127.0.0.1:9090 or TIFFIN_ADMIN_URL)",
     )
-    status.add_argument("--json", action="store_true", help="print the JSON of GET /api/status")
+    status.add_argument(
+        "--json", action="store_true", help="print the JSON of GET /api/dashboard (what the dashboard page shows)"
+    )
     status.add_argument("--token-file", type=Path, default=os.environ.get("TIFFIN_ADMIN_TOKEN_FILE"),
                         help="file holding the admin token, for an admin listener beyond loopback "
                              "(default TIFFIN_ADMIN_TOKEN_FILE)")  # fmt: skip

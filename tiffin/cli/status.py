@@ -1,4 +1,4 @@
-"""`tiffin status`: the admin port's `GET /api/status`, as a table or as JSON."""
+"""`tiffin status`: the admin port's `GET /api/dashboard` (what the dashboard page shows), as a table or as JSON."""
 
 from __future__ import annotations
 
@@ -11,10 +11,12 @@ from typing import Any
 
 from tiffin.contracts.coldstart import ColdStart
 
+DASHBOARD_PATH = "/api/dashboard"
+
 
 def fetch_status(admin_url: str, timeout_s: float = 5.0, token: str | None = None) -> dict[str, Any]:
-    """GET /api/status from a running interceptor's admin listener (with its token, if it has one)."""
-    request = urllib.request.Request(admin_url.rstrip("/") + "/api/status")
+    """GET /api/dashboard from a running interceptor's admin listener (with its token, if it has one)."""
+    request = urllib.request.Request(admin_url.rstrip("/") + DASHBOARD_PATH)
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     with urllib.request.urlopen(request, timeout=timeout_s) as resp:
@@ -22,8 +24,24 @@ def fetch_status(admin_url: str, timeout_s: float = 5.0, token: str | None = Non
     return data
 
 
-def _seconds(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}s"
+def duration(seconds: float | None) -> str:
+    """A duration with its unit, as the page writes it: 850ms, 12.5s, 4m 05s, 2h 03m; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return "now" if seconds < 0.1 else f"{duration(seconds)} ago"  # idle_s is 0 while requests wait or run
 
 
 def _replicas(component: dict[str, Any]) -> str:
@@ -31,21 +49,41 @@ def _replicas(component: dict[str, Any]) -> str:
     return f"{component['ready']}/{'-' if desired is None else desired}"
 
 
+def _cold(record: dict[str, Any] | None) -> str:
+    if record is None:
+        return "-"
+    if record.get("outcome") == "failed" or record.get("total_ms") is None:
+        return "failed"
+    return duration(float(record["total_ms"]) / 1000)
+
+
+def _plural(count: int, one: str, many: str | None = None) -> str:
+    return f"{count} {one if count == 1 else (many or one + 's')}"
+
+
 def render(data: dict[str, Any]) -> str:
-    """A table: one row per deployment; replica columns read ready/desired."""
-    header = ("DEPLOYMENT", "STATE", "API", "RUNNER", "QUEUED", "IN FLIGHT", "OLDEST WAIT", "LAST COLD START")
+    """One row per deployment (replica columns read ready/desired), then the totals the page shows."""
+    header = ("DEPLOYMENT", "STATE", "API", "RUNNER", "QUEUED", "IN FLIGHT", "OLDEST WAIT", "LAST REQUEST",
+              "LAST COLD START")  # fmt: skip
     rows = [header]
     for dep in data.get("deployments", []):
-        wait, cold = _seconds(dep["oldest_waiting_s"]), _seconds(dep["last_cold_start_s"])
         rows.append((dep["name"], dep["state"], _replicas(dep["api"]), _replicas(dep["runner"]), str(dep["queued"]),
-                     str(dep["in_flight"]), wait, cold))  # fmt: skip
+                     str(dep["in_flight"]), duration(dep["oldest_waiting_s"]), _ago(dep["idle_s"]),
+                     _cold(dep.get("last_cold_start"))))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.append("(API and RUNNER: ready/desired replicas)")
+    lines.append("(API and RUNNER: ready/desired replicas; LAST REQUEST: since the last request arrived or finished)")
     for dep in data.get("deployments", []):
         last = dep.get("last_cold_start")
         if last:  # each phase in seconds since the waking request arrived
             lines.append(f"{dep['name']}: last {ColdStart.from_json(last).describe()}")
+    t = data.get("totals")
+    if t:
+        lines.append(
+            f"{_plural(t['deployments'], 'deployment')}: {t['idle']} idle, {t['waking']} waking, {t['warm']} warm; "
+            f"{_plural(t['api_ready'], 'API server')} and {_plural(t['runner_ready'], 'runner')} ready "
+            f"({t['gpu_runners_ready']} on GPUs); {t['queued']} queued, {t['in_flight']} in flight"
+        )
     return "\n".join(lines)
 
 

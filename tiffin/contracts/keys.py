@@ -130,3 +130,29 @@ def key_rate(key_id: str, deployment: str) -> str:
 def key_slots(key_id: str, deployment: str) -> str:
     """Sorted set of one key's requests in progress on one deployment, scored by lease expiry (epoch-ms)."""
     return f"{PREFIX}:key-slots:{key_id}:{deployment}"
+
+
+# --- dashboard history (tiffin.contracts.history): one expiring hash per step, so nothing outlives the window -----
+
+
+def history_step(deployment: str, step_s: int) -> str:
+    """Hash of one 10 s step (epoch seconds of its start): replica counts, request and error counts, and
+    queue-wait and upstream histogram bucket counts; expires once the step leaves the one-hour window."""
+    return f"{history_steps(deployment)}{step_s}"
+
+
+def history_steps(deployment: str) -> str:
+    """What every step hash's name of the deployment starts with (the step's start follows): the dashboard's
+    read scripts make the hour's 360 names themselves instead of sending them."""
+    return f"{PREFIX}:history:{deployment}:10s:"
+
+
+def history_minute(deployment: str, minute_s: int) -> str:
+    """Hash of one minute (epoch seconds of its start): requests and runners ready, for the overview's
+    sparklines (a minute per point keeps the 50-deployment overview cheap); expires with the window."""
+    return f"{history_minutes(deployment)}{minute_s}"
+
+
+def history_minutes(deployment: str) -> str:
+    """What every minute hash's name of the deployment starts with (the minute's start follows)."""
+    return f"{PREFIX}:history:{deployment}:1m:"

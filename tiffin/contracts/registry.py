@@ -72,6 +72,10 @@ class ExpiringMap:
         infos = await self.redis.hmget(self._info, ids)
         return {rid.decode(): json.loads(info) for rid, info in zip(ids, infos, strict=True) if info is not None}
 
+    async def count(self) -> int:
+        """How many are live, in one command (read-only: lapsed members are left for `ready` to sweep)."""
+        return int(await self.redis.zcount(self._set, now_ms(), "+inf"))
+
     @contextlib.asynccontextmanager
     async def keep(self, replica_id: str, info: dict[str, Any]) -> AsyncIterator[None]:
         """Register now, heartbeat in the background, deregister on exit."""

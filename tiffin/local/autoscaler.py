@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from tiffin.contracts import coldstart, keys
 from tiffin.contracts.config import Deployment
+from tiffin.contracts.history import record_replicas
 from tiffin.contracts.registry import Registry
 from tiffin.contracts.status import write_desired
 from tiffin.local.processes import Say
@@ -31,6 +32,8 @@ from tiffin.local.scaler_client import ScalerClient
 log = structlog.get_logger("tiffin.local.autoscaler")
 
 _RETRY_MAX_S = 10.0
+# Replica counts go into the dashboard's history this often (and at once when the wanted count changes).
+HISTORY_EVERY_S = 2.0
 
 
 class Backend(Protocol):
@@ -73,6 +76,7 @@ class ComponentAutoscaler:
         self._nudge = asyncio.Event()
         self._history: deque[tuple[float, int]] = deque()
         self._progress: asyncio.Task[None] | None = None
+        self._recorded: tuple[int, float] | None = None  # (replicas, monotonic time) last put in the history
 
     @property
     def label(self) -> str:
@@ -86,6 +90,7 @@ class ComponentAutoscaler:
             while not stop.is_set():
                 self._nudge.clear()
                 await self.step()
+                await self._record_history()
                 waits = {asyncio.ensure_future(self._nudge.wait()), asyncio.ensure_future(stop.wait())}
                 await asyncio.wait(waits, timeout=self.tick_s, return_when=asyncio.FIRST_COMPLETED)
                 for waiter in waits:
@@ -177,6 +182,24 @@ class ComponentAutoscaler:
             log.warning("progress_unavailable", target=self.label, error=str(exc))
         finally:
             self._progress = None
+
+    async def _record_history(self) -> None:
+        """Ready and wanted replicas into the dashboard's history (`tiffin.contracts.history`)."""
+        if self.redis is None:
+            return
+        now = time.monotonic()
+        if (
+            self._recorded is not None
+            and self._recorded[0] == self.replicas
+            and now - self._recorded[1] < HISTORY_EVERY_S
+        ):
+            return
+        self._recorded = (self.replicas, now)
+        try:
+            ready = await Registry(self.redis, self.deployment.name, self.component).count()
+            await record_replicas(self.redis, self.deployment.name, self.component, ready, self.replicas)
+        except RedisError as exc:
+            log.warning("history_not_recorded", target=self.label, error=str(exc))
 
     async def _record(self, replicas: int) -> None:
         if self.redis is None:

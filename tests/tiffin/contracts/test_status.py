@@ -7,7 +7,9 @@ from redis.asyncio import Redis
 from tests.tiffin.contracts.test_queue import envelope
 from tiffin.contracts import keys
 from tiffin.contracts.coldstart import end_wake
+from tiffin.contracts.config import Deployment
 from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts.status import read_statuses
 
 DEP = "wake-dep"
 
@@ -42,3 +44,23 @@ async def test_a_request_whose_mark_lapsed_leaves_a_later_cold_start_alone(redis
     assert not await end_wake(redis, DEP, "slow")
     assert await redis.get(keys.waking(DEP)) == b"later"
     assert await redis.exists(keys.cold_start(DEP)) == 0
+
+
+async def test_the_oldest_waiting_request_is_the_first_no_proxy_holds(redis: Redis) -> None:
+    dep = Deployment.model_validate({"name": DEP, "model": "smollm2"})
+    queue = DeploymentQueue(redis, DEP)
+    await redis.xadd(keys.queue(DEP), {"rid": "ancient"}, id="1-1")  # enqueued at epoch-ms 1: decades old
+    (status,) = await read_statuses(redis, [dep])  # no proxy yet, so no consumer group: everything waits
+    assert (status.queued, status.in_flight, status.state) == (1, 0, "waking")
+    assert status.oldest_waiting_s is not None and status.oldest_waiting_s > 10 * 365 * 86400
+
+    await queue.ensure_group()
+    await queue.admit(envelope("recent"), max_waiting=10, ttl_s=60)
+    await redis.xreadgroup(keys.GROUP, "proxy-1", {keys.queue(DEP): ">"}, count=1)  # a proxy holds the ancient one
+    (status,) = await read_statuses(redis, [dep])
+    assert (status.queued, status.in_flight) == (1, 1)
+    assert status.oldest_waiting_s is not None and status.oldest_waiting_s < 600  # the recent one's age
+
+    await redis.xreadgroup(keys.GROUP, "proxy-1", {keys.queue(DEP): ">"}, count=1)
+    (status,) = await read_statuses(redis, [dep])
+    assert (status.queued, status.in_flight, status.oldest_waiting_s) == (0, 2, None)

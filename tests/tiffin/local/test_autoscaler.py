@@ -14,12 +14,15 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.e2e.conftest import write_deployment
+from tests.interceptor.conftest import eventually
 from tests.scaler.conftest import Scaler, start_scaler
 from tests.tiffin.contracts.test_queue import envelope
 from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment, load_deployments
+from tiffin.contracts.dashboard import read_series
 from tiffin.contracts.load import LoadReport, RunnerLoad
 from tiffin.contracts.queue import DeploymentQueue
+from tiffin.contracts.registry import Registry
 from tiffin.contracts.status import read_status
 from tiffin.local.autoscaler import Autoscaler, ComponentAutoscaler
 from tiffin.local.redis_server import EmbeddedRedis
@@ -148,3 +151,24 @@ async def test_an_idle_deployment_goes_to_min_replicas(
     await api.step()
     await runner.step()
     assert (api.replicas, runner.replicas) == (1, 0)  # api keeps its min_replicas, the runner goes to zero
+
+
+async def test_the_autoscaler_records_ready_and_desired_replicas_in_the_history(
+    redis: Redis, client: ScalerClient, deployments_and_scaler: tuple[list[Deployment], Scaler]
+) -> None:
+    kept = by_name(deployments_and_scaler[0], "kept")
+    await Registry(redis, "kept", "api", ttl_s=60).register("kept-api-1", {"url": "http://kept", "concurrency": 4})
+    api = ComponentAutoscaler(client, kept, "api", RecordingBackend(), redis, lambda _: None, tick_s=60)
+    stop = asyncio.Event()
+    task = asyncio.create_task(api.run(stop))
+
+    async def recorded() -> bool:
+        series = await read_series(redis, "kept", time.time())
+        points = zip(series["api_ready"][-2:], series["api_desired"][-2:], strict=True)  # a step may just have ended
+        return (1, 1) in points  # min_replicas 1, one registered
+
+    try:
+        await eventually(recorded)
+    finally:
+        stop.set()
+        await task
