@@ -112,7 +112,7 @@ async def test_the_overview_has_the_contract_shape_states_and_totals(edge: Edge,
     small, big = data["deployments"]  # config order
     assert set(small) == ENTRY_KEYS and set(big) == ENTRY_KEYS
     assert (small["name"], small["state"], big["name"], big["state"]) == ("small", "warm", "big", "waking")
-    assert small["api"] == {"desired": 1, "ready": 1, "min_replicas": 0, "max_replicas": 3}
+    assert small["api"] == {"desired": 1, "ready": 1, "min_replicas": 0, "max_replicas": 3, "cluster_ready": None}
     assert (small["queued"], small["in_flight"], small["runner_load"]) == (0, 1, 1)
     assert big["queued"] == 1 and big["oldest_waiting_s"] is not None and big["oldest_waiting_s"] >= 0
     assert small["oldest_waiting_s"] is None
