@@ -30,8 +30,11 @@ LABEL org.opencontainers.image.title="tiffin platform" \
       org.opencontainers.image.description="tiffin's interceptor, scaler, proxy, API server and controller" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0"
+# /var/lib/tiffin: owned by tiffin, so a named volume mounted there (compose's TLS files) is writable.
 RUN groupadd --system --gid 10001 tiffin \
-    && useradd --system --uid 10001 --gid tiffin --home-dir /home/tiffin --create-home --shell /usr/sbin/nologin tiffin
+    && useradd --system --uid 10001 --gid tiffin --home-dir /home/tiffin --create-home --shell /usr/sbin/nologin tiffin \
+    && mkdir -p /var/lib/tiffin/tls \
+    && chown -R tiffin:tiffin /var/lib/tiffin
 COPY --from=build /opt/tiffin /opt/tiffin
 ENV PATH=/opt/tiffin/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \

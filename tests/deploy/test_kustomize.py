@@ -32,7 +32,9 @@ NOT_BUILTIN = {"ScaledObject"}
 
 
 @pytest.fixture(scope="module", params=TARGETS)
-def rendered(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[dict[str, Any]]]:
+def rendered(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, list[dict[str, Any]]]:
     tree = deploy_tree(tmp_path_factory.mktemp("deploy"))
     target: str = request.param
     if target == "production+external-redis":
@@ -198,7 +200,8 @@ def test_the_controllers_rbac_is_namespaced_and_names_every_verb(rendered: tuple
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not [g for g in granted if "*" in g], "no wildcards"
     assert not [g for g in granted if g[1] == "secrets"], "the controller reads no Secrets"
-    for resource, group in [("configmaps", ""), ("services", ""), ("deployments", "apps"), ("scaledobjects", "keda.sh")]:
+    applied = [("configmaps", ""), ("services", ""), ("deployments", "apps"), ("scaledobjects", "keda.sh")]
+    for resource, group in applied:
         for verb in ("get", "list", "watch", "create", "patch", "delete"):
             assert (group, resource, verb) in granted
     assert ("tiffin.io", "tiffindeployments/status", "patch") in granted
