@@ -7,10 +7,9 @@
 #   python -m tiffin.kube.controller the Kubernetes controller
 # Build: `make images` (docker or podman).
 
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 # --- build: a virtual environment holding tiffin and its dependencies (all published as wheels for this base) ---
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/tiffin
@@ -25,7 +24,7 @@ RUN /opt/tiffin/bin/pip install ".[kube]" \
     && /opt/tiffin/bin/python -m compileall -q /opt/tiffin/lib
 
 # --- final: the interpreter, the virtual environment, and nothing used only to build ---
-FROM ${PYTHON_IMAGE}
+FROM python:3.11.11-slim-bookworm
 LABEL org.opencontainers.image.title="tiffin platform" \
       org.opencontainers.image.description="tiffin's interceptor, scaler, proxy, API server and controller" \
       org.opencontainers.image.version="0.1.0" \
