@@ -1,0 +1,38 @@
+"""deploy/examples/: each TiffinDeployment is its examples/ file in the CRD's shape, and fits the CRD's schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from tests.deploy.manifests import CRD_PATH, DEPLOY, ROOT
+from tiffin.contracts.config import load_deployments, parse_deployment
+
+EXAMPLES = sorted((DEPLOY / "examples").glob("tiffindeployment-*.yaml"))
+
+
+def test_there_is_an_example() -> None:
+    assert EXAMPLES
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_resource_is_the_deployment_file(path: Path) -> None:
+    resource = yaml.safe_load(path.read_text())
+    assert resource["apiVersion"] == "tiffin.io/v1alpha1" and resource["kind"] == "TiffinDeployment"
+    name = resource["metadata"]["name"]
+    (source,) = load_deployments([ROOT / "examples" / f"{name}.yaml"])
+    assert parse_deployment({"name": name, **resource["spec"]}, path) == source
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_resource_fits_the_crds_schema(path: Path) -> None:
+    crd_file = DEPLOY / CRD_PATH
+    if not crd_file.exists():
+        pytest.skip(f"{crd_file} is not committed yet (`tiffin render --crd`)")
+    crd = yaml.safe_load(crd_file.read_text())
+    resource = yaml.safe_load(path.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == resource["apiVersion"].split("/")[1]]
+    jsonschema.validate(resource, version["schema"]["openAPIV3Schema"])
