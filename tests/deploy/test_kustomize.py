@@ -223,3 +223,16 @@ def test_the_overlays_deployment_files_are_the_examples_and_load(rendered: tuple
     assert {d.name for d in load_deployments(files)} == {f.stem for f in files}
     (configmap,) = [o for o in objs if o["metadata"]["name"].startswith("tiffin-deployments-")]
     assert sorted(configmap["data"]) == [f.name for f in files]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_an_overlays_registry_image_reaches_the_controllers_platform_image(overlay: str, tmp_path: Path) -> None:
+    folder = deploy_tree(tmp_path) / "overlays" / overlay
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    kustomization["images"] = [{"name": "tiffin/platform", "newName": "registry.test/tiffin/platform", "newTag": "9"}]
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    objs = kustomize(folder)
+    (pod,) = pod_specs(find(objs, "Deployment", "tiffin-controller"))
+    (container,) = pod["containers"]
+    assert container["image"] == "registry.test/tiffin/platform:9"
+    assert env_of(container)["TIFFIN_PLATFORM_IMAGE"] == "registry.test/tiffin/platform:9"
