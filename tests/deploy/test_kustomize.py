@@ -141,6 +141,10 @@ def test_every_pod_is_locked_down_with_resources_and_probes(rendered: tuple[str,
         assert psc["runAsNonRoot"] is True, where
         assert psc["runAsUser"] > 0, where
         assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
+        for volume in pod.get("volumes", []):
+            mode = volume.get("secret", {}).get("defaultMode", 0o644)
+            if "secret" in volume and not mode & 0o004:
+                assert psc["fsGroup"] == psc["runAsGroup"], f"{where}: cannot read its Secret {volume['name']}"
         # Only the controller talks to the Kubernetes API.
         assert pod["automountServiceAccountToken"] is (obj["metadata"]["name"] == "tiffin-controller"), where
         for container in pod["containers"] + pod.get("initContainers", []):
