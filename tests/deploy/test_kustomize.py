@@ -244,3 +244,42 @@ def test_an_overlays_registry_image_reaches_the_controllers_platform_image(overl
     (container,) = pod["containers"]
     assert container["image"] == "registry.test/tiffin/platform:9"
     assert env_of(container)["TIFFIN_PLATFORM_IMAGE"] == "registry.test/tiffin/platform:9"
+
+
+def test_the_controller_may_touch_every_kind_render_returns(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    render = pytest.importorskip("tiffin.kube.render", reason="tiffin render has not landed on this branch yet")
+    _, objs = rendered
+    rules = find(objs, "Role", "tiffin-controller")["rules"]
+    granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    for api_version, kind, plural in render.RENDERED_KINDS:
+        group = api_version.split("/")[0] if "/" in api_version else ""
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert (group, plural, verb) in granted, f"the controller cannot {verb} {kind} ({group}/{plural})"
+
+
+# Where each platform container's settings are read: its package, and the shared plumbing.
+COMPONENT_SOURCES = {
+    "interceptor": ["interceptor", "tiffin/common"],
+    "scaler": ["scaler", "tiffin/common"],
+    "tiffin.kube.controller": ["tiffin/kube/controller", "tiffin/common"],
+}
+
+
+def test_every_environment_variable_set_is_one_the_component_reads(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objs = rendered
+    checked = 0
+    for obj in objs:
+        for pod in pod_specs(obj):
+            for container in pod["containers"]:
+                command = container.get("command", [])
+                module = command[2] if command[:2] == ["python", "-m"] else None
+                if module not in COMPONENT_SOURCES:
+                    continue
+                folders = [ROOT / f for f in COMPONENT_SOURCES[module]]
+                if not folders[0].is_dir():
+                    continue  # not on this branch yet
+                source = "\n".join(p.read_text() for folder in folders for p in folder.rglob("*.py"))
+                for name in env_of(container):
+                    assert f'"{name}"' in source, f"{name_of(obj)}: {module} never reads {name}"
+                    checked += 1
+    assert checked >= 10
