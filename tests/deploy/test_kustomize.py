@@ -283,3 +283,24 @@ def test_every_environment_variable_set_is_one_the_component_reads(rendered: tup
                     assert f'"{name}"' in source, f"{name_of(obj)}: {module} never reads {name}"
                     checked += 1
     assert checked >= 10
+
+
+def test_redis_is_append_only_and_refuses_writes_before_its_memory_limit(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    target, objs = rendered
+    if target.endswith("external-redis"):
+        pytest.skip("no in-cluster Redis")
+    redis = find(objs, "StatefulSet", "tiffin-redis")
+    (pod,) = pod_specs(redis)
+    (container,) = pod["containers"]
+    args = container["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--maxmemory-policy") + 1] == "noeviction"
+    maxmemory = int(args[args.index("--maxmemory") + 1].removesuffix("mb")) * 2**20
+    limit = container["resources"]["limits"]["memory"]
+    unit = {"Gi": 2**30, "Mi": 2**20}[limit[-2:]]
+    limit_bytes = int(limit[:-2]) * unit
+    assert maxmemory <= 0.65 * limit_bytes, f"{target}: maxmemory leaves no room for a rewrite's fork under {limit}"
+    (mount,) = container["volumeMounts"]
+    assert mount["mountPath"] == "/data" and redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
