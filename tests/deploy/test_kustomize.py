@@ -78,9 +78,12 @@ def test_every_overlay_renders_the_whole_platform(rendered: tuple[str, list[dict
         "Deployment/tiffin-controller",
         "ConfigMap/tiffin-grafana-dashboard",
         "NetworkPolicy/tiffin-default-deny-ingress",
+        "NetworkPolicy/tiffin-interceptor",
+        "NetworkPolicy/tiffin-scaler-from-keda",
     }
     assert expected <= names, f"{target} lacks {sorted(expected - names)}"
     redis = {"StatefulSet/tiffin-redis", "Service/tiffin-redis", "Service/tiffin-redis-headless"}
+    redis.add("NetworkPolicy/tiffin-redis")
     if target.endswith("external-redis"):
         assert not redis & names, "the external-redis component must remove the in-cluster Redis"
     else:
@@ -304,3 +307,28 @@ def test_redis_is_append_only_and_refuses_writes_before_its_memory_limit(
     assert maxmemory <= 0.65 * limit_bytes, f"{target}: maxmemory leaves no room for a rewrite's fork under {limit}"
     (mount,) = container["volumeMounts"]
     assert mount["mountPath"] == "/data" and redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def test_network_policies_admit_redis_to_every_tiffin_pod_and_nothing_to_a_deployments_pods(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    target, objs = rendered
+    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+    # The labels `tiffin render` gives a deployment's pods (tiffin.kube.render.labels).
+    runner = {"app.kubernetes.io/name": "tiffin", "app.kubernetes.io/part-of": "tiffin",
+              "app.kubernetes.io/managed-by": "tiffin", "tiffin.io/deployment": "smollm2",
+              "app.kubernetes.io/component": "runner"}  # fmt: skip
+    api = {**runner, "app.kubernetes.io/component": "api"}
+    for pod in (runner, api):
+        admitting = [p for p in policies if selects(p["spec"]["podSelector"], pod) and p["spec"].get("ingress")]
+        assert not admitting, f"{target}: platform policies widen what render's policies admit to {pod}"
+    assert [p for p in policies if selects(p["spec"]["podSelector"], runner)], "default deny must cover them"
+    if target.endswith("external-redis"):
+        return
+    (redis_policy,) = [p for p in policies if p["metadata"]["name"] == "tiffin-redis"]
+    (rule,) = redis_policy["spec"]["ingress"]
+    assert any(selects(source["podSelector"], runner) for source in rule["from"]), "runners must reach Redis"
