@@ -7,7 +7,6 @@
 #   python -m tiffin.kube.controller the Kubernetes controller
 # Build: `make images` (docker or podman).
 
-
 # --- build: a virtual environment holding tiffin and its dependencies (all published as wheels for this base) ---
 FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
@@ -19,8 +18,9 @@ COPY interceptor ./interceptor
 COPY proxy ./proxy
 COPY runtime ./runtime
 COPY scaler ./scaler
-# `kube` carries the controller's client; it is ignored (with a warning) while that extra does not exist.
-RUN /opt/tiffin/bin/pip install ".[kube]" \
+# The project's own dependencies only (the controller's Kubernetes client is one of them); no engine, no
+# test tools. compileall: the root filesystem is read-only at run time, so bytecode is made now.
+RUN /opt/tiffin/bin/pip install . \
     && /opt/tiffin/bin/python -m compileall -q /opt/tiffin/lib
 
 # --- final: the interpreter, the virtual environment, and nothing used only to build ---
