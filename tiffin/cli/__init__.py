@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from tiffin.apps.loading import load_apps
 from tiffin.cli import keys as apikeys_cli
 from tiffin.cli import render as render_cli
 from tiffin.cli.status import show_status
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(render_cli.run(args))
     try:
         deployments = load_deployments(args.configs)
+        load_apps(deployments)  # applications import and declare their endpoints correctly, or nothing starts
     except ConfigError as exc:
         print("tiffin: the deployment configuration is invalid; nothing was started:", file=sys.stderr)
         for line in exc.problems:

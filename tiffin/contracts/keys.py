@@ -124,3 +124,9 @@ def key_rate(key_id: str, deployment: str) -> str:
 def key_slots(key_id: str, deployment: str) -> str:
     """Sorted set of one key's requests in progress on one deployment, scored by lease expiry (epoch-ms)."""
     return f"{PREFIX}:key-slots:{key_id}:{deployment}"
+
+
+def app_openapi(deployment: str) -> str:
+    """String: the OpenAPI description of the deployment's application (JSON), written by whoever loaded it last
+    (`tiffin up` at start, each API server at start); the interceptor serves it with the docs page."""
+    return f"{PREFIX}:app-openapi:{deployment}"
