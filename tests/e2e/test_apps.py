@@ -200,3 +200,37 @@ def test_application_requests_count_in_the_deployment_metrics(up: Up) -> None:
     metrics = httpx.get(f"http://127.0.0.1:{up.admin_port}/metrics").text
     assert re.search(r'tiffin_requests_total\{deployment="greeter",status="200"\} [1-9]', metrics)
     assert re.search(r'tiffin_requests_total\{deployment="greeter",status="400"\} [1-9]', metrics)
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
+def test_the_docs_page_in_a_browser_authorizes_with_the_key_and_calls_an_endpoint(up: Up, key: str) -> None:
+    from playwright.sync_api import sync_playwright
+
+    outside: list[str] = []
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            # The local CA is not in the browser's store; what is checked here is the page, not the certificate.
+            page = browser.new_context(ignore_https_errors=True).new_page()
+            page.on("request", lambda r: None if r.url.startswith(up.url) else outside.append(r.url))
+            page.goto(up.url + "/v1/apps/greeter/docs")
+            page.locator("#operations-default-greet").wait_for(timeout=30_000)
+            page.click("button.authorize")
+            page.fill(".auth-container input", key)
+            page.click(".auth-btn-wrapper button.authorize")
+            page.click("button.btn-done")
+            page.click("#operations-default-greet .opblock-summary")
+            page.fill("#operations-default-greet textarea.body-param__text", '{"name": "Eve"}')
+            page.click("#operations-default-greet button.execute")
+            live = "#operations-default-greet .live-responses-table tbody"
+            status = page.locator(f"{live} .response-col_status").first
+            status.wait_for(timeout=60_000)
+            assert status.inner_text().strip() == "200"
+            answer = page.locator(f"{live} .response-col_description").first
+            assert "ECHO: HELLO EVE" in answer.inner_text()
+        finally:
+            browser.close()
+    assert outside == []  # Swagger UI's scripts, styles and the description all came from tiffin
