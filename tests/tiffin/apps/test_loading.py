@@ -40,6 +40,9 @@ class Fine(tiffin.App):
             yield word
 
 
+HEAD = "class Bad(tiffin.App):\n    @tiffin.endpoint\n"
+
+
 def _app(body: str) -> type[tiffin.App]:
     namespace: dict[str, object] = {"tiffin": tiffin, "In": In, "Out": Out, "AsyncIterator": AsyncIterator}
     exec(textwrap.dedent(body), namespace)  # a class as a user would write it, mistakes included
@@ -51,13 +54,13 @@ def _app(body: str) -> type[tiffin.App]:
 @pytest.mark.parametrize(
     ("body", "problem"),
     [
-        ("class Bad(tiffin.App):\n    @tiffin.endpoint\n    def f(self, req: In) -> Out: ...", "must be an `async def`"),
-        ("class Bad(tiffin.App):\n    @tiffin.endpoint\n    async def f(self, req: dict) -> Out: ...",
+        (HEAD + "    def f(self, req: In) -> Out: ...", "must be an `async def`"),
+        (HEAD + "    async def f(self, req: dict) -> Out: ...",
          "argument 'req' must be annotated with a pydantic BaseModel"),
-        ("class Bad(tiffin.App):\n    @tiffin.endpoint\n    async def f(self, a: In, b: In) -> Out: ...",
+        (HEAD + "    async def f(self, a: In, b: In) -> Out: ...",
          "takes exactly one argument"),
-        ("class Bad(tiffin.App):\n    @tiffin.endpoint\n    async def f(self, req: In): ...", "annotate the return type"),
-        ("class Bad(tiffin.App):\n    @tiffin.endpoint\n    async def f(self, req: In) -> Out:\n        yield 1",
+        (HEAD + "    async def f(self, req: In): ...", "annotate the return type"),
+        (HEAD + "    async def f(self, req: In) -> Out:\n        yield 1",
          "annotate its return as AsyncIterator"),
         ("class Bad(tiffin.App):\n    @tiffin.endpoint(name='docs')\n    async def f(self, req: In) -> Out: ...",
          "'docs' is taken"),
