@@ -33,7 +33,9 @@ def up(folder: Path) -> Iterator[Up]:
     # The user's module sits next to the YAML, found there without installing anything.
     shutil.copy(HERE / "sample_app.py", folder / "greeter_app.py")
     config = write_deployment(folder, "greeter", require_api_key=True, app="greeter_app:Greeter")
-    running = Up([config], folder / "state")
+    # The same application again, open (no key) and behind a route prefix.
+    shop = write_deployment(folder, "shop", app="greeter_app:Greeter", routing={"path_prefix": "/shop"})
+    running = Up([config, shop], folder / "state")
     try:
         running.wait_for_line("ready: greeter", timeout_s=120)
         yield running
@@ -194,6 +196,21 @@ def test_the_openai_endpoints_stay_beside_the_application(up: Up, key: str) -> N
                        http_client=openai.DefaultHttpxClient(verify=up.ssl_context())) as client:  # fmt: skip
         reply = client.chat.completions.create(model="greeter", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "echo: hi"
+
+
+def test_an_open_application_behind_a_route_prefix(up: Up, key: str) -> None:
+    with httpx.Client(base_url=up.url, verify=up.ssl_context(), timeout=60) as http:
+        page = http.get("/shop/v1/apps/shop/docs").text
+        links = re.findall(r'(?:src|href)="([^"]+)"', page)
+        assert links and all(link.startswith("/shop/v1/apps/shop/docs/assets/") for link in links), links
+        doc = http.get("/shop/v1/apps/shop/openapi.json").json()
+        assert doc["servers"] == [{"url": "/shop"}]  # Swagger UI calls /shop + /v1/apps/shop/greet
+        assert "security" not in doc and "securitySchemes" not in doc["components"]
+        reply = http.post("/shop/v1/apps/shop/greet", json={"name": "Fay"})  # open: no key
+        assert reply.status_code == 200 and reply.json()["text"] == "ECHO: HELLO FAY"
+        # Only behind its prefix: at / the route reaches only greeter (which needs a key before anything else).
+        assert http.post("/v1/apps/shop/greet", json={"name": "Fay"}).status_code == 401
+        assert http.post("/v1/apps/shop/greet", json={"name": "Fay"}, headers=auth(key)).status_code == 404
 
 
 def test_application_requests_count_in_the_deployment_metrics(up: Up) -> None:
