@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 
 from interceptor import metrics
 from interceptor.admin_auth import require_token
-from interceptor.appdocs import serve_app_docs
+from interceptor.appdocs import is_endpoint_path, serve_app_docs
 from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
 from interceptor.relay import Relay
 from tiffin.contracts.apps import APPS_PATH
@@ -47,7 +47,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     path = request.path
     rid = request_id(request)
     if APPS_PATH in path:
-        if request.method == "POST":
+        if request.method == "POST" and is_endpoint_path(path):
             return await relay.completion(request)
         return await serve_app_docs(relay, request)
     if path.endswith(COMPLETION_PATHS):

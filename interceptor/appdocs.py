@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 
 from interceptor.middleware import request_id
 from interceptor.relay import Relay
-from tiffin.contracts.apps import DOCS, OPENAPI, parse_app_path, read_openapi
+from tiffin.contracts.apps import APPS_PATH, DOCS, OPENAPI, RESERVED, parse_app_path, read_openapi
 from tiffin.contracts.errors import error_response
 from tiffin.contracts.exceptions import BackendUnavailable, MethodNotAllowed, NotFound, RequestError
 
@@ -69,6 +69,14 @@ _PAGE = """\
 """
 
 
+def is_endpoint_path(path: str) -> bool:
+    """Whether `path` (`.../v1/apps/{deployment}/{name}`) can name an endpoint: the docs page and its files cannot,
+    so a POST to them is refused here instead of waking the deployment to say 404."""
+    _, _, tail = path.partition(APPS_PATH)
+    _, _, name = tail.partition("/")
+    return bool(name) and "/" not in name and name not in RESERVED
+
+
 async def serve_app_docs(relay: Relay, request: web.Request) -> web.StreamResponse:
     """GET under `/v1/apps/{deployment}/`: the docs page, its assets, or the OpenAPI description."""
     rid = request_id(request)
@@ -81,7 +89,7 @@ async def serve_app_docs(relay: Relay, request: web.Request) -> web.StreamRespon
         if target is None or deployment is None:
             raise NotFound("no application at this path", code="unknown_app")
         if request.method not in ("GET", "HEAD"):
-            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; endpoints take POST")
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use GET")
         prefix = request.path[: len(request.path) - len(route.api_path)]
         base = f"{prefix}/v1/apps/{deployment.name}"
         if target.rest == OPENAPI:

@@ -162,6 +162,7 @@ def test_unknown_endpoints_and_applications_are_404_and_a_get_is_405(up: Up, htt
     other = httpx.post(up.url + "/v1/apps/other/greet", json={}, headers=auth(key), verify=up.ssl_context())
     assert other.status_code == 404
     assert http.get("/greet").status_code == 405
+    assert http.post("/docs", json={}, headers=auth(key)).status_code == 405  # refused at the edge, not queued
 
 
 def test_the_client_calls_and_streams_by_name(up: Up, key: str) -> None:
