@@ -12,9 +12,11 @@ from redis.exceptions import RedisError
 
 from interceptor import gauges, metrics
 from interceptor.admin_auth import require_token
+from interceptor.appdocs import is_endpoint_path, serve_app_docs
 from interceptor.middleware import EDGE, edge_middleware, on_prepare, request_id
 from interceptor.page import add_page_routes
 from interceptor.relay import Relay
+from tiffin.contracts.apps import APPS_PATH
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.dashboard import detail, summary
 from tiffin.contracts.errors import error_body, error_response
@@ -48,6 +50,10 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     relay = request.app[RELAY]
     path = request.path
     rid = request_id(request)
+    if APPS_PATH in path:
+        if request.method == "POST" and is_endpoint_path(path):
+            return await relay.completion(request)
+        return await serve_app_docs(relay, request)
     if path.endswith(COMPLETION_PATHS):
         if request.method != "POST":
             return error_response(MethodNotAllowed(f"{request.method} is not allowed on {path}; use POST"), rid)

@@ -144,6 +144,20 @@ class KeyGate:
             metrics.REJECTED.labels(wanted.name, "forbidden").inc()
             raise not_visible from None
 
+    def resolve_app(self, route: Route, name: str, caller: Caller) -> Deployment:
+        """The deployment named in an application's URL if it has one and the caller may use it; else as `resolve`."""
+        missing = NotFound(f"no application named '{name}' here", code="unknown_app")
+        wanted = next((d for d in route.candidates if d.name == name and d.app is not None), None)
+        if wanted is None:
+            raise missing
+        if not _needs_key(wanted) or (caller.key is not None and caller.key.opens(wanted.name)):
+            return wanted
+        if caller.key is None:
+            metrics.REJECTED.labels(wanted.name, "unauthenticated").inc()
+            raise _refusal(caller)
+        metrics.REJECTED.labels(wanted.name, "forbidden").inc()
+        raise missing
+
     def models(self, route: Route, caller: Caller, path: str) -> list[str]:
         """`GET /v1/models`: what the caller may use; a key is needed unless every candidate is open."""
         if all(not _needs_key(d) for d in route.candidates):

@@ -24,6 +24,7 @@ from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
 from interceptor.withdrawals import PendingWithdrawals
+from tiffin.contracts.apps import parse_app_path
 from tiffin.contracts.coldstart import ColdStart, end_wake
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.errors import error_response, sse_error_event
@@ -155,7 +156,7 @@ class Relay:
             log.warning("redis_clock_skew", offset_ms=self.redis_clock_offset_ms)
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
-        """POST /v1/chat/completions and /v1/completions (behind any route prefix)."""
+        """POST /v1/chat/completions, /v1/completions and /v1/apps/{deployment}/{endpoint} (behind any prefix)."""
         outcome = Outcome(request_id=request_id(request), client=client_of(request).client)
         self.in_flight += 1
         self.idle.clear()
@@ -194,10 +195,14 @@ class Relay:
         route = self.gate.admit_route(route, caller, request.path)  # before reading a body it would refuse
         body = await read_body(request, self._max_body, self.edge.body_timeout_s)
         payload = parse_json_object(body)
-        model = payload.get("model")
-        if model is not None and not isinstance(model, str):
-            raise BadRequest("'model' must be a string")
-        deployment = self.gate.resolve(route, model, caller)
+        app_path = parse_app_path(route.api_path)
+        if app_path is not None:  # an application's endpoint: the URL names the deployment, the body is its own
+            deployment = self.gate.resolve_app(route, app_path.deployment, caller)
+        else:
+            model = payload.get("model")
+            if model is not None and not isinstance(model, str):
+                raise BadRequest("'model' must be a string")
+            deployment = self.gate.resolve(route, model, caller)
         outcome.deployment = deployment.name
         if len(body) > deployment.limits.max_body_bytes:
             raise PayloadTooLarge(f"request body exceeds {deployment.limits.max_body_bytes} bytes")

@@ -7,6 +7,7 @@ from aiohttp import web
 from runtime.api.app import create_app
 from runtime.config import ApiSettings
 from tiffin.common.logs import setup_logging
+from tiffin.contracts.exceptions import AppError
 
 # After SIGTERM aiohttp waits this long for in-flight requests, cancels their request bodies, then waits as
 # long again before cancelling them: streams get about 30 s in all to finish.
@@ -18,8 +19,12 @@ def main() -> None:
     setup_logging("api").info(
         "api_starting", deployment=settings.deployment.name, replica=settings.replica_id, port=settings.port
     )
+    try:
+        app = create_app(settings)
+    except AppError as exc:  # a wrong application stops here, with what is wrong (the replica then restarts)
+        raise SystemExit(f"tiffin: {settings.deployment.name}: {exc}") from None
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from runtime.api.apps.routes import AppServer
 from runtime.api.balancer import Balancer, Lease
 from runtime.api.load import LoadReporter
 from runtime.config import ApiSettings
@@ -102,6 +103,10 @@ def create_app(settings: ApiSettings) -> web.Application:
     app.router.add_get("/v1/models", models)
     for path in COMPLETION_PATHS:
         app.router.add_post(path, complete)
+    if settings.deployment.app is not None:
+        AppServer(
+            settings.deployment, lambda: app[BALANCER], lambda: app[HTTP], lambda: app[REDIS], settings.result_ttl_s
+        ).mount(app)
     return app
 
 

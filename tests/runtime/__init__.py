@@ -28,7 +28,7 @@ class Server:
 
 
 StartApi = Callable[..., Awaitable[Server]]
-"""The `start_api` fixture (tests/runtime/conftest.py): `await start_api(env=None, **limits)`."""
+"""The `start_api` fixture (tests/runtime/conftest.py): `await start_api(env=None, app=None, **limits)`."""
 
 
 def chat(content: str, **extra: Any) -> dict[str, Any]:

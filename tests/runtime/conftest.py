@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -41,20 +42,23 @@ async def start_api(
 ) -> AsyncIterator[StartApi]:
     """Start `python -m runtime.api` for the deployment, with `limits` overridden (on an emptied Redis).
 
-    `env` adds or overrides environment variables (TIFFIN_REPLICA_ID, TIFFIN_HEARTBEAT_TTL_S, ...).
+    `env` adds or overrides environment variables (TIFFIN_REPLICA_ID, TIFFIN_HEARTBEAT_TTL_S, ...); `app` names
+    an application (`module:Class`) whose module the test put in tmp_path.
     """
     started: list[Server] = []
     (tmp_path / "api-model").mkdir()
     (tmp_path / "api-model" / "config.json").write_text("{}")
 
-    async def start(env: dict[str, str] | None = None, **limits: float) -> Server:
-        deployment = {
+    async def start(env: dict[str, str] | None = None, app: str | None = None, **limits: float) -> Server:
+        deployment: dict[str, Any] = {
             "name": NAME,
             "model": str(tmp_path / "api-model"),
             "routing": {"models": ["smol-alias"]},
             "runner": {"concurrency": 2},
             "limits": limits,
         }
+        if app is not None:  # `module:Class`, its module in tmp_path (next to the config)
+            deployment["app"] = app
         config = tmp_path / f"{NAME}-api-{len(started)}.yaml"
         config.write_text(json.dumps(deployment))  # JSON is YAML
         port = free_port()

@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from tiffin.apps.loading import endpoints_of, load_apps
 from tiffin.cli import keys as apikeys_cli
 from tiffin.cli import render as render_cli
 from tiffin.cli.status import show_status
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(render_cli.run(args))
     try:
         deployments = load_deployments(args.configs)
+        apps = load_apps(deployments)  # applications import and declare their endpoints correctly, or nothing starts
     except ConfigError as exc:
         print("tiffin: the deployment configuration is invalid; nothing was started:", file=sys.stderr)
         for line in exc.problems:
@@ -76,8 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "check":
         for dep in deployments:
             access = "API key required" if dep.auth.require_api_key else "OPEN to anyone: auth.require_api_key is false"
+            app = f", app {dep.app.entry}: {', '.join(endpoints_of(apps[dep.name]))}" if dep.app else ""
             say(f"{dep.name}: ok (model {dep.model}, served as '{dep.model_name}', prefix {dep.routing.path_prefix}, "
-                f"{access})")  # fmt: skip
+                f"{access}{app})")  # fmt: skip
         return
     try:
         raise SystemExit(asyncio.run(up(args, deployments)))

@@ -178,6 +178,29 @@ class Scaling(_Strict):
     )
 
 
+class AppSpec(_Strict):
+    """An application hosted by the API server: typed endpoints in front of the model (docs/applications.md).
+
+    Written as `app: module:Class` (the module found in this file's folder) or as a mapping with `path`.
+    """
+
+    entry: str = Field(description="The application class, `package.module:Class`.")
+    path: str = Field(".", description="Folder put on the API server's sys.path first, relative to this file.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"entry": value} if isinstance(value, str) else value
+
+    @field_validator("entry")
+    @classmethod
+    def _entry(cls, value: str) -> str:
+        module, _, attr = value.partition(":")
+        if not attr or not all(part.isidentifier() for part in [*module.split("."), attr]):
+            raise ValueError(f"must be 'package.module:Class', got {value!r}")
+        return value
+
+
 class Deployment(_Strict):
     """One model deployment, as written in its YAML file."""
 
@@ -190,6 +213,9 @@ class Deployment(_Strict):
     limits: Limits = Field(default_factory=Limits)  # type: ignore[arg-type]
     scaling: Scaling = Field(default_factory=Scaling)  # type: ignore[arg-type]
     auth: Auth = Field(default_factory=Auth)  # type: ignore[arg-type]
+    app: AppSpec | None = Field(
+        None, description="An application with typed endpoints (`module:Class`), served beside the OpenAI ones."
+    )
     kubernetes: Kubernetes = Field(
         default_factory=Kubernetes,
         description="Images, resources, node placement and the model cache on Kubernetes (`tiffin up` ignores it).",
@@ -261,6 +287,10 @@ def parse_deployment(data: Any, source: Path, check_model: bool = True) -> Deplo
         if check_model and not folder.is_dir():
             raise ConfigError([f"{source}: model: folder {folder} does not exist (built-in models: smollm2)"])
         deployment = deployment.model_copy(update={"model": str(folder)})
+    if deployment.app is not None:
+        # Like the model folder: the application's folder is relative to the file, wherever tiffin runs from.
+        app_dir = (source.parent / Path(deployment.app.path).expanduser()).resolve()
+        deployment = deployment.model_copy(update={"app": deployment.app.model_copy(update={"path": str(app_dir)})})
     return deployment
 
 

@@ -6,6 +6,7 @@
     ├── RedisServerError     the embedded Redis would not start
     │   └── StateDirBusy     another process runs the Redis of that state folder
     ├── TLSError             a certificate or key cannot be used (names the file and the problem)
+    ├── AppError             a deployment's application cannot be loaded (names the class and the problem)
     └── RequestError         a request cannot be served; carries its HTTP status and OpenAI error type
         ├── BadRequest           400  malformed JSON or fields
         ├── Unauthenticated      401  no API key (or admin token), a malformed one, or one unknown or revoked
@@ -54,6 +55,10 @@ class RedisServerError(TiffinError):
 
 class TLSError(TiffinError):
     """A certificate or key file is missing, unreadable, not PEM, or the pair does not match; names the file."""
+
+
+class AppError(TiffinError):
+    """A deployment's `app` cannot be imported or declares an endpoint wrongly; names the class and the problem."""
 
 
 class StateDirBusy(RedisServerError):

@@ -156,3 +156,9 @@ def history_minute(deployment: str, minute_s: int) -> str:
 def history_minutes(deployment: str) -> str:
     """What every minute hash's name of the deployment starts with (the minute's start follows)."""
     return f"{PREFIX}:history:{deployment}:1m:"
+
+
+def app_openapi(deployment: str) -> str:
+    """String: the OpenAPI description of the deployment's application (JSON), written by whoever loaded it last
+    (`tiffin up` at start, each API server at start); the interceptor serves it with the docs page."""
+    return f"{PREFIX}:app-openapi:{deployment}"

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 from redis.asyncio import Redis
 
+from tiffin.apps.openapi import publish_all
 from tiffin.common.addresses import is_loopback, url_host
 from tiffin.common.models import default_cache_dir, resolve_model
 from tiffin.common.probe import wait_until_ok
@@ -125,6 +126,7 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     try:
         # Before the interceptor starts, so it loads the new keys with the rest.
         new_keys = await _api_keys(client, deployments, args)
+        await publish_all(client, deployments)  # applications' docs pages work before their first request
         await core.start_stage([ProcessSpec("scaler", "scaler", {**common, "TIFFIN_SCALER_PORT": str(scaler_port)})])
         if not await _wait_scaler(scaler, stop):
             say(f"the scaler did not become ready; see {log_dir}/scaler.log")
@@ -162,6 +164,9 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
                 prefix = "" if dep.routing.path_prefix == "/" else dep.routing.path_prefix
                 how = "warm" if dep in warm else "at zero: the first request wakes it and waits for the cold start"
                 say(f"ready: {dep.name} at {base}{prefix}/v1 (model '{dep.model_name}', {how})")
+                if dep.app is not None:
+                    apps = f"{base}{prefix}/v1/apps/{dep.name}"
+                    say(f"app:   {dep.name} ({dep.app.entry}) endpoints at {apps}/ENDPOINT, docs page {apps}/docs")
             first = deployments[0]
             auth = ""
             if first.auth.require_api_key:

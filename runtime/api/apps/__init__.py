@@ -1,0 +1,1 @@
+"""The application layer of the API server: a deployment's `app` served beside the OpenAI endpoints."""
