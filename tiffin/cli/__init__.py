@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
                          "several hosts, chosen by SNI (default: a local CA in STATE_DIR/tls/)")  # fmt: skip
     up.add_argument("--tls-key", action="append", type=Path, default=[], metavar="FILE",
                     help="the private key of the --tls-cert in the same position")  # fmt: skip
+    up.add_argument("--no-runner-pool", action="store_true",
+                    help="start each runner as a fresh process instead of forking it from a process that imported "
+                         "vLLM once (also TIFFIN_RUNNER_POOL=0)")  # fmt: skip
     up.add_argument("--plain-http", action="store_true",
                     help="serve plain HTTP (unencrypted): only behind a TLS-terminating proxy")  # fmt: skip
     status = sub.add_parser("status", help="show each deployment's state, replicas and queue (from a running tiffin)")

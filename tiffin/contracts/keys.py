@@ -87,6 +87,11 @@ def desired(deployment: str) -> str:
     return f"{PREFIX}:desired:{deployment}"
 
 
+RUNNER_POOL = f"{PREFIX}:runner-pool"
+"""Hash of the single-machine runner pool (tiffin up): state (starting, ready, down), rss_bytes, pss_bytes, pid,
+runners_started, plain_fallbacks, restarts, updated_ms. Refreshed every 5 s, expires after 15 s: no pool, no key."""
+
+
 # --- API keys (tiffin.contracts.apikeys): stored as hashes only, never the key itself ---------------------------------
 
 API_KEY_IDS = f"{PREFIX}:apikeys"
