@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from runtime.config import RunnerSettings
+from runtime.runner import sleep
 from runtime.runner.engine import engine_command, engine_env, has_gpu
 from runtime.runner.forked import ForkedEngine
 from tiffin.common.models import resolve_model
@@ -130,14 +131,34 @@ class Supervisor:
 
         registry = Registry(self.redis, dep.name, "runner", self.settings.heartbeat_ttl_s)
         info = {"url": self.settings.url, "concurrency": dep.runner.concurrency, "started_at": time.time()}
-        async with registry.keep(self.settings.replica_id, info):
-            log.info("runner_ready", load_s=round(time.monotonic() - started, 1), url=self.settings.url)
-            reason = await self._monitor(http)
-        log.info("runner_deregistered", reason=reason)
+        while True:
+            async with registry.keep(self.settings.replica_id, info):
+                log.info("runner_ready", load_s=round(time.monotonic() - started, 1), url=self.settings.url)
+                reason = await self._monitor(http)
+            log.info("runner_deregistered", reason=reason)
+            if reason != "sleep":
+                break
+            if not await self._sleep_until_woken(http):
+                return 0 if self.stopping.is_set() else 1
+            started = time.monotonic()
         if reason != "stop":
             return 1
         await self._drain()
         return 0
+
+    async def _sleep_until_woken(self, http: aiohttp.ClientSession) -> bool:
+        """Out of the registry: finish in-flight work, sleep the engine, wake it when asked; False if stopped."""
+        await self._drain()
+        if self.stopping.is_set() or not await sleep.engine_call(http, self.settings.local_url, sleep.sleep_path()):
+            return False
+        log.info("runner_asleep")
+        while await sleep.sleep_wanted(self.redis, self.deployment.name, current=True):
+            await self._pause(sleep.WAKE_POLL_S)
+            if self.stopping.is_set() or self._engine_gone():
+                return False
+        woke = await sleep.engine_call(http, self.settings.local_url, sleep.WAKE_PATH)
+        log.info("runner_awake", ok=woke)
+        return woke
 
     def _engine_gone(self) -> bool:
         if self._exited is None or not self._exited.done():
@@ -236,6 +257,10 @@ class Supervisor:
                 return "stop"
             if self._engine_gone():
                 return "engine_exited"
+            if self.deployment.scaling.sleep_period_s is not None and await sleep.sleep_wanted(
+                self.redis, self.deployment.name, current=False
+            ):
+                return "sleep"
             healthy = await self._race(self._healthy(http))
             if healthy is None:
                 continue  # stopped or exited meanwhile: the checks above decide, without waiting

@@ -13,6 +13,7 @@ from tiffin.cli import keys as apikeys_cli
 from tiffin.cli.status import show_status
 from tiffin.contracts.config import load_deployments
 from tiffin.contracts.exceptions import ConfigError, ModelError, RedisServerError, TLSError
+from tiffin.local.machine import machine_problems
 from tiffin.local.up import say, up
 
 
@@ -69,6 +70,12 @@ def main(argv: list[str] | None = None) -> None:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    problems = machine_problems(args.configs)
+    if problems:
+        print("tiffin: this machine cannot run the deployment configuration; nothing was started:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2)
     if args.command == "check":
         for dep in deployments:
             access = "API key required" if dep.auth.require_api_key else "OPEN to anyone: auth.require_api_key is false"
