@@ -19,6 +19,7 @@ from tiffin.contracts.errors import error_body, error_response
 from tiffin.contracts.exceptions import MethodNotAllowed, NotFound, RequestError
 from tiffin.contracts.frames import COMPLETION_PATHS
 from tiffin.contracts.queue import now_ms
+from tiffin.contracts.runnerpool import read_report, report_json
 from tiffin.contracts.status import read_status
 
 log = structlog.get_logger("interceptor")
@@ -115,10 +116,12 @@ async def _status(request: web.Request, deployments: list[Deployment], single: b
     try:
         async with asyncio.timeout(STATUS_TIMEOUT_S):
             statuses = await asyncio.gather(*(read_status(redis, d) for d in deployments))
+            pool = None if single else await read_report(redis)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("status_redis_unreachable", error=str(exc) or type(exc).__name__)
         message = "redis is unreachable, so deployment status is unknown"
         return web.json_response(error_body(message, "server_error", "redis_unavailable"), status=503)
     if single:
         return web.json_response(statuses[0].to_json())
-    return web.json_response({"deployments": [s.to_json() for s in statuses], "at_ms": now_ms()})
+    body = {"deployments": [s.to_json() for s in statuses], "runner_pool": report_json(pool), "at_ms": now_ms()}
+    return web.json_response(body)

@@ -39,7 +39,14 @@ def render(data: dict[str, Any]) -> str:
                      str(dep["in_flight"]), wait, cold))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join([*lines, "(API and RUNNER: ready/desired replicas)"])
+    lines.append("(API and RUNNER: ready/desired replicas)")
+    pool = data.get("runner_pool")
+    if pool:
+        mib = 2**20
+        lines.append(f"runner pool: {pool['state']}, {pool['rss_bytes'] / mib:.0f} MiB resident "
+                     f"({pool['pss_bytes'] / mib:.0f} MiB proportional), {pool['runners_started']} runner(s) "
+                     f"started from it, {pool['plain_fallbacks']} plainly")  # fmt: skip
+    return "\n".join(lines)
 
 
 def show_status(admin_url: str, as_json: bool, token_file: Path | None = None) -> int:

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from tiffin.contracts import keys
+from tiffin.contracts.runnerpool import PoolReport, PoolState, write_report
 from tiffin.local.logfiles import LogPolicy
 from tiffin.local.processes import ManagedProcess, ProcessSpec, Say
 
@@ -196,24 +197,20 @@ class RunnerPool:
         return read_memory(proc.pid)
 
     async def report(self, redis: Redis, stop: asyncio.Event) -> None:
-        """Every REPORT_EVERY_S until `stop`: the pool's memory and counts under keys.RUNNER_POOL (expiring)."""
+        """Every REPORT_EVERY_S until `stop`: the pool's memory and counts (tiffin.contracts.runnerpool)."""
         while not stop.is_set():
-            memory = await asyncio.to_thread(self.memory)
-            fields: dict[str, str | int] = {
-                "state": "ready" if memory and self.socket_path.exists() else ("starting" if memory else "down"),
-                "rss_bytes": (memory or {}).get("rss_bytes", 0),
-                "pss_bytes": (memory or {}).get("pss_bytes", 0),
-                "pid": self.process.process.pid if self.process.process is not None else 0,
-                "runners_started": self.started,
-                "plain_fallbacks": self.fallbacks,
-                "restarts": self.process.restarts,
-                "updated_ms": int(time.time() * 1000),
-            }
+            memory = await asyncio.to_thread(self.memory) or {}
+            proc = self.process.process
+            state: PoolState = "down"
+            if memory:
+                state = "ready" if self.socket_path.exists() else "starting"
+            report = PoolReport(
+                state=state, rss_bytes=memory.get("rss_bytes", 0), pss_bytes=memory.get("pss_bytes", 0),
+                pid=proc.pid if proc is not None else 0, runners_started=self.started,
+                plain_fallbacks=self.fallbacks, restarts=self.process.restarts, updated_ms=int(time.time() * 1000),
+            )  # fmt: skip
             with contextlib.suppress(RedisError, OSError):
-                async with redis.pipeline(transaction=True) as pipe:
-                    pipe.hset(keys.RUNNER_POOL, mapping=fields)  # type: ignore[arg-type]
-                    pipe.pexpire(keys.RUNNER_POOL, int(REPORT_EVERY_S * 3 * 1000))
-                    await pipe.execute()
+                await write_report(redis, report)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), REPORT_EVERY_S)
         with contextlib.suppress(RedisError, OSError):

@@ -16,8 +16,8 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.runtime import until
-from tiffin.contracts import keys
 from tiffin.contracts.registry import Registry
+from tiffin.contracts.runnerpool import read_report
 from tiffin.local.pool import RunnerPool
 from tiffin.local.processes import ManagedProcess, ProcessSpec
 from tiffin.local.redis_server import EmbeddedRedis, free_port
@@ -92,8 +92,8 @@ async def test_a_runner_forked_from_the_pool_serves_drains_and_exits_like_any_ot
         assert "Paris" in answer["choices"][0]["message"]["content"]
 
         async def pool_reported() -> bool:
-            fields = await redis.hgetall(keys.RUNNER_POOL)
-            return fields.get(b"state") == b"ready" and int(fields.get(b"rss_bytes", 0)) > 100 * 2**20
+            report = await read_report(redis)
+            return report is not None and report.state == "ready" and report.rss_bytes > 100 * 2**20
 
         await until(pool_reported, timeout_s=30, what="the pool's memory reported in Redis")
 
