@@ -207,12 +207,13 @@ def run_mode(pool: bool, config: Path, cache_dir: Path, work: Path, trials: int,
 
 
 def _phases(header: str | None) -> Any:
+    """`activated=40;replica_started=300` (ms since the request arrived) as a dict; another shape kept as sent."""
     if not header:
         return None
     try:
-        return json.loads(header)
+        return {name.strip(): float(ms) for name, ms in (part.split("=", 1) for part in header.split(";") if part)}
     except ValueError:
-        return header  # another shape than JSON: kept as sent
+        return header
 
 
 def main() -> int:
