@@ -51,6 +51,34 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
+async def serve_then_stop(runner: ManagedProcess, redis: Redis, replica: str, port: int) -> list[dict[str, object]]:
+    """Wait until the runner registers, ask SmolLM2 a question at it, stop it (SIGTERM); its log events."""
+    registry = Registry(redis, NAME, "runner")
+
+    async def registered() -> bool:
+        assert runner.running, runner.log_path.read_text()[-4000:]
+        return replica in await registry.ready()
+
+    await until(registered, timeout_s=600, what=f"{replica} warmed up and registered")
+    body = {"model": NAME, "messages": QUESTION, "max_tokens": 20, "temperature": 0}
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
+        assert resp.status == 200
+        answer = await resp.json()
+    assert "Paris" in answer["choices"][0]["message"]["content"]
+    engine_pid = next(int(str(e["pid"])) for e in runner_events(runner.log_path) if e["event"] == "engine_started")
+
+    await runner.stop()  # SIGTERM, as tiffin up's scale-down sends
+    assert runner.process is not None and runner.process.returncode == 0, runner.log_path.read_text()[-4000:]
+    assert replica not in await registry.ready()
+    events = runner_events(runner.log_path)
+    names = [e["event"] for e in events]
+    assert names.index("runner_deregistered") < names.index("runner_drained") < names.index("engine_stopping")
+    # The engine and the engine core it forked go (the core's SIGKILL is the runner's last step).
+    await until(lambda: not group_alive(engine_pid), timeout_s=30, what="the engine's processes gone")
+    return events
+
+
 async def test_a_runner_forked_from_the_pool_serves_drains_and_exits_like_any_other(
     redis_server: EmbeddedRedis, redis: Redis, smollm2_cache: Path, tmp_path: Path, log_dir: Path
 ) -> None:
@@ -62,61 +90,46 @@ async def test_a_runner_forked_from_the_pool_serves_drains_and_exits_like_any_ot
     await pool.start()
     stop_report = asyncio.Event()
     report = asyncio.create_task(pool.report(redis, stop_report))
-    runner: ManagedProcess | None = None
+    runners: list[ManagedProcess] = []
+
+    def runner(replica: str, port: int) -> ManagedProcess:
+        own = {"TIFFIN_DEPLOYMENT": NAME, "TIFFIN_REPLICA_ID": replica, "TIFFIN_RUNNER_PORT": str(port)}
+        spec = ProcessSpec(f"smollm2-{replica}", "runtime.runner", {**env, **own}, 100, launcher=pool)
+        runners.append(ManagedProcess(spec, log_dir, said.append))
+        return runners[-1]
+
     try:
         await until(pool.socket_path.exists, timeout_s=300, what="the pool imported vLLM and listens")
         port = free_port()
-        spec = ProcessSpec("smollm2-runner-1", "runtime.runner", {**env, "TIFFIN_DEPLOYMENT": NAME,
-                           "TIFFIN_REPLICA_ID": "r1", "TIFFIN_RUNNER_PORT": str(port)}, 100, launcher=pool)  # fmt: skip
-        runner = ManagedProcess(spec, log_dir, said.append)
-        await runner.start()
+        forked = runner("r1", port)
+        await forked.start()
         assert pool.started == 1 and pool.fallbacks == 0, said
-
-        registry = Registry(redis, NAME, "runner")
-
-        async def registered() -> bool:
-            assert runner is not None and runner.running, runner.log_path.read_text()[-4000:]
-            return "r1" in await registry.ready()
-
-        await until(registered, timeout_s=600, what="the forked runner warmed up and registered")
-        events = runner_events(runner.log_path)
-        assert events[0]["event"] == "runner_starting" and events[0]["from_pool"] is True
-        assert any(e["event"] == "engine_started" and e["forked"] is True for e in events)
-        engine_pid = next(int(str(e["pid"])) for e in events if e["event"] == "engine_started")
-
-        body = {"model": NAME, "messages": QUESTION, "max_tokens": 20, "temperature": 0}
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        async with aiohttp.ClientSession() as http, http.post(url, json=body) as resp:
-            assert resp.status == 200
-            answer = await resp.json()
-        assert "Paris" in answer["choices"][0]["message"]["content"]
 
         async def pool_reported() -> bool:
             report = await read_report(redis)
             return report is not None and report.state == "ready" and report.rss_bytes > 100 * 2**20
 
         await until(pool_reported, timeout_s=30, what="the pool's memory reported in Redis")
+        events = await serve_then_stop(forked, redis, "r1", port)
+        assert events[0]["event"] == "runner_starting" and events[0]["from_pool"] is True
+        assert any(e["event"] == "engine_started" and e["forked"] is True for e in events)
 
-        await runner.stop()  # SIGTERM, as tiffin up's scale-down sends
-        assert runner.process is not None and runner.process.returncode == 0, runner.log_path.read_text()[-4000:]
-        assert "r1" not in await registry.ready()
-        names = [e["event"] for e in runner_events(runner.log_path)]
-        assert names.index("runner_deregistered") < names.index("runner_drained") < names.index("engine_stopping")
-        # The engine and the engine core it forked go (the core's SIGKILL is the runner's last step).
-        await until(lambda: not group_alive(engine_pid), timeout_s=30, what="the engine's processes gone")
-        runner = None
-
-        # The pool gone (a crash): the next runner starts plainly instead of failing.
+        # The pool gone (a crash): the next runner starts plainly, and serves and drains the same way.
         assert pool.process.process is not None
         pool.process.process.send_signal(signal.SIGKILL)
         await until(lambda: pool.process.restarts > 0, timeout_s=30, what="the pool's crash noticed")
         # Its replacement is importing again; the dead one's socket refuses connections meanwhile.
-        assert await pool.spawn({**env}) is None
-        assert pool.fallbacks == 1
+        port = free_port()
+        plain = runner("r2", port)
+        await plain.start()
+        assert (pool.started, pool.fallbacks) == (1, 1)
         assert any("runner pool unavailable" in line for line in said)
+        events = await serve_then_stop(plain, redis, "r2", port)
+        assert events[0]["event"] == "runner_starting" and events[0]["from_pool"] is False
+        assert any(e["event"] == "engine_started" and e["forked"] is False for e in events)
     finally:
-        if runner is not None:
-            await runner.stop()
+        for proc in runners:
+            await proc.stop()
         stop_report.set()
         await report
         await pool.stop()
