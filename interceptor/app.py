@@ -23,6 +23,7 @@ from tiffin.contracts.errors import error_body, error_response
 from tiffin.contracts.exceptions import MethodNotAllowed, NotFound, RequestError
 from tiffin.contracts.frames import COMPLETION_PATHS
 from tiffin.contracts.queue import now_ms
+from tiffin.contracts.runnerpool import read_report, report_json
 from tiffin.contracts.status import read_statuses
 
 log = structlog.get_logger("interceptor")
@@ -168,8 +169,10 @@ async def _status(request: web.Request, deployments: list[Deployment], single: b
     try:
         async with asyncio.timeout(STATUS_TIMEOUT_S):
             statuses = await read_statuses(redis, deployments)
+            pool = None if single else await read_report(redis)
     except (RedisError, OSError, TimeoutError) as exc:
         return _redis_unavailable(exc)
     if single:
         return web.json_response(statuses[0].to_json())
-    return web.json_response({"deployments": [s.to_json() for s in statuses], "at_ms": now_ms()})
+    body = {"deployments": [s.to_json() for s in statuses], "runner_pool": report_json(pool), "at_ms": now_ms()}
+    return web.json_response(body)

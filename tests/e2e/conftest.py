@@ -142,19 +142,36 @@ def sse_events(raw: bytes) -> list[dict[str, Any]]:
 
 
 def processes_of(config_dir: Path, deployment: str) -> int:
-    """Live processes started for `deployment` of this test's config (replicas, sidecars, engines)."""
+    """Live processes started for `deployment` of this test's config (replicas, sidecars, engines).
+
+    A runner forked by the runner pool (and the engine it forks) keeps the pool's initial environment in
+    /proc/PID/environ, without TIFFIN_DEPLOYMENT: those count as descendants of the pool (not the pool itself,
+    which holds no deployment), so with the pool on, one deployment per config folder tells them apart.
+    """
     marker, wanted = str(config_dir).encode(), f"TIFFIN_DEPLOYMENT={deployment}".encode()
-    count = 0
+    ours: dict[int, tuple[bool, int]] = {}  # pid -> (started for the deployment, parent pid)
+    pools: set[int] = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         try:
             env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue  # gone meanwhile, or not ours
-        if wanted in env and any(e.startswith(b"TIFFIN_CONFIG=") and marker in e for e in env):
-            count += 1
-    return count
+        if stat[0] == "Z" or not any(e.startswith(b"TIFFIN_CONFIG=") and marker in e for e in env):
+            continue
+        if any(e.startswith(b"TIFFIN_RUNNER_POOL_SOCKET=") for e in env):
+            pools.add(int(proc.name))
+        ours[int(proc.name)] = (wanted in env, int(stat[1]))
+    pooled = set()
+    for pid in ours:
+        parent = ours[pid][1]
+        while parent in ours and parent not in pools:
+            parent = ours[parent][1]
+        if parent in pools:
+            pooled.add(pid)
+    return sum(1 for pid, (named, _) in ours.items() if named or pid in pooled)
 
 
 def status(up: Any) -> dict[str, dict[str, Any]]:

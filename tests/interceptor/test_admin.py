@@ -80,3 +80,20 @@ async def test_the_admin_listener_names_no_server_version(redis: Redis) -> None:
         http.get(edge.admin + "/healthz") as resp,
     ):
         assert resp.headers["Server"] == "tiffin"
+
+
+async def test_status_shows_the_runner_pool_tiffin_up_reports_and_tiffin_status_renders_it(redis: Redis) -> None:
+    from tiffin.cli.status import render
+    from tiffin.contracts.runnerpool import PoolReport, write_report
+
+    async with running_edge(redis, [deployment("one")]) as edge, aiohttp.ClientSession() as session:
+        async with session.get(edge.admin + "/api/status") as resp:
+            assert (await resp.json())["runner_pool"] is None  # no pool reports: none shown
+        report = PoolReport("ready", 600 * 2**20, 400 * 2**20, 1234, 3, 1, 0, now_ms())
+        await write_report(redis, report)
+        async with session.get(edge.admin + "/api/status") as resp:
+            status = await resp.json()
+    assert status["runner_pool"]["rss_bytes"] == 600 * 2**20 and status["runner_pool"]["state"] == "ready"
+    assert "runner pool: ready, 600 MiB resident (400 MiB proportional), 3 runner(s) started from it, 1 plainly" in (
+        render(status)
+    )

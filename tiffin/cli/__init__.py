@@ -16,6 +16,7 @@ from tiffin.cli import render as render_cli
 from tiffin.cli.status import show_status
 from tiffin.contracts.config import load_deployments
 from tiffin.contracts.exceptions import ConfigError, ModelError, RedisServerError, TLSError
+from tiffin.local.machine import machine_problems
 from tiffin.local.up import say, up
 
 
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                          "several hosts, chosen by SNI (default: a local CA in STATE_DIR/tls/)")  # fmt: skip
     up.add_argument("--tls-key", action="append", type=Path, default=[], metavar="FILE",
                     help="the private key of the --tls-cert in the same position")  # fmt: skip
+    up.add_argument("--no-runner-pool", action="store_true",
+                    help="start each runner as a fresh process instead of forking it from a process that imported "
+                         "vLLM once (also TIFFIN_RUNNER_POOL=0)")  # fmt: skip
     up.add_argument("--plain-http", action="store_true",
                     help="serve plain HTTP (unencrypted): only behind a TLS-terminating proxy")  # fmt: skip
     status = sub.add_parser("status", help="show each deployment's state, replicas and queue (from a running tiffin)")
@@ -75,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
         for line in exc.problems:
             print(f"  {line}", file=sys.stderr)
         raise SystemExit(2) from None
+    problems = machine_problems(args.configs)
+    if problems:
+        print("tiffin: this machine cannot run the deployment configuration; nothing was started:", file=sys.stderr)
+        for line in problems:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2)
     if args.command == "check":
         for dep in deployments:
             access = "API key required" if dep.auth.require_api_key else "OPEN to anyone: auth.require_api_key is false"

@@ -84,6 +84,12 @@ def render(data: dict[str, Any]) -> str:
             f"{_plural(t['api_ready'], 'API server')} and {_plural(t['runner_ready'], 'runner')} ready "
             f"({t['gpu_runners_ready']} on GPUs); {t['queued']} queued, {t['in_flight']} in flight"
         )
+    pool = data.get("runner_pool")
+    if pool:
+        mib = 2**20
+        lines.append(f"runner pool: {pool['state']}, {pool['rss_bytes'] / mib:.0f} MiB resident "
+                     f"({pool['pss_bytes'] / mib:.0f} MiB proportional), {pool['runners_started']} runner(s) "
+                     f"started from it, {pool['plain_fallbacks']} plainly")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -176,6 +176,13 @@ class Scaling(_Strict):
     scale_down_window_s: float = Field(
         60, ge=0, description="Scale down only to the highest count wanted within this window (no flapping)."
     )
+    sleep_period_s: float | None = Field(
+        None,
+        gt=0,
+        description="GPU only: after the idle period, runners first sleep this long (vLLM sleep mode level 1: "
+        "weights in host memory, GPU memory freed; a request wakes them in seconds), then go to zero. "
+        "Unset: straight to zero.",
+    )
 
 
 class AppSpec(_Strict):

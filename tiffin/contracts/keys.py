@@ -105,6 +105,17 @@ def cluster_ready(deployment: str) -> str:
     return f"{PREFIX}:cluster-ready:{deployment}"
 
 
+def sleep(deployment: str) -> str:
+    """Present while the deployment's runners should sleep (the GPU sleeping tier, `scaling.sleep_period_s`):
+    set by the single scaling writer when they would go to zero, deleted to wake them (or before they stop)."""
+    return f"{PREFIX}:sleep:{deployment}"
+
+
+RUNNER_POOL = f"{PREFIX}:runner-pool"
+"""Hash of the single-machine runner pool (tiffin up): state (starting, ready, down), rss_bytes, pss_bytes, pid,
+runners_started, plain_fallbacks, restarts, updated_ms. Refreshed every 5 s, expires after 15 s: no pool, no key."""
+
+
 # --- API keys (tiffin.contracts.apikeys): stored as hashes only, never the key itself ---------------------------------
 
 API_KEY_IDS = f"{PREFIX}:apikeys"

@@ -77,6 +77,7 @@ class ComponentAutoscaler:
         self._history: deque[tuple[float, int]] = deque()
         self._progress: asyncio.Task[None] | None = None
         self._recorded: tuple[int, float] | None = None  # (replicas, monotonic time) last put in the history
+        self._asleep_since: float | None = None
 
     @property
     def label(self) -> str:
@@ -143,8 +144,47 @@ class ComponentAutoscaler:
             self._history.popleft()
         if self.active and wanted < self.replicas:
             wanted = max(w for _, w in self._history)  # no flapping: shed only what the window agrees on
+        sleep_s = self.deployment.scaling.sleep_period_s
+        if self.component == "runner" and sleep_s is not None:
+            wanted = await self._sleeping_tier(wanted, sleep_s, now)
         if wanted != self.replicas:
             await self._apply(wanted, metric)
+
+    async def _sleeping_tier(self, wanted: int, sleep_s: float, now: float) -> int:
+        """GPU runners going to zero sleep first (same count, GPU memory freed) and go only after `sleep_s`.
+
+        Runners follow keys.sleep (set: sleep; deleted: wake). A request while they sleep wakes them.
+        """
+        if self.active and self._asleep_since is not None:
+            self._asleep_since = None
+            await self._set_sleep(False)
+            self.say(f"{self.label}: waking {self.replicas} sleeping replica(s) (a request is waiting)")
+            return wanted
+        if self.active or wanted > 0 or self.replicas == 0:
+            return wanted
+        if self._asleep_since is None:
+            self._asleep_since = now
+            await self._set_sleep(True)
+            idle_s = self.deployment.scaling.idle_period_s
+            self.say(f"{self.label}: {self.replicas} replica(s) asleep after {idle_s:g}s idle (GPU memory freed); "
+                     f"to zero after {sleep_s:g}s more")  # fmt: skip
+            return self.replicas
+        if now - self._asleep_since < sleep_s:
+            return self.replicas
+        self._asleep_since = None
+        await self._set_sleep(False)  # the next start is a cold one: no flag left to put it to sleep
+        return wanted
+
+    async def _set_sleep(self, asleep: bool) -> None:
+        if self.redis is None:
+            return
+        try:
+            if asleep:
+                await self.redis.set(keys.sleep(self.deployment.name), "1")
+            else:
+                await self.redis.delete(keys.sleep(self.deployment.name))
+        except RedisError as exc:
+            log.warning("sleep_not_recorded", target=self.label, asleep=asleep, error=str(exc))
 
     async def _apply(self, wanted: int, metric: float) -> None:
         before = self.replicas

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from tiffin.common.parentdeath import with_parent_death
 from tiffin.local.logfiles import LogPolicy, RotatingLog, finish_pump, pump
@@ -27,6 +28,25 @@ _BACKOFF_MAX_S = 30.0
 _STABLE_S = 60.0
 """A spawn that ran this long was healthy: the next crash restarts after the first back-off step again."""
 _PUMP_GRACE_S = 2.0
+
+
+class Child(Protocol):
+    """What supervising a process needs: an asyncio subprocess, or a runner the runner pool forked."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def returncode(self) -> int | None: ...
+    @property
+    def stdout(self) -> asyncio.StreamReader | None: ...
+    async def wait(self) -> int: ...
+    def send_signal(self, sig: int) -> None: ...
+
+
+class Launcher(Protocol):
+    """Starts a process another way than exec (the runner pool); None means "start it plainly"."""
+
+    async def spawn(self, env: dict[str, str]) -> Child | None: ...
 
 
 @dataclass(frozen=True)
@@ -44,6 +64,8 @@ class ProcessSpec:
     """A program to run instead of `python -m module` (the embedded redis-server)."""
     death_signal: int = signal.SIGKILL
     """What the child gets when `tiffin up` dies without stopping it (see the module docstring)."""
+    launcher: Launcher | None = None
+    """Tried first for every (re)start: the runner pool, which forks the process with the same environment."""
 
     def argv(self) -> list[str]:
         return list(self.command) if self.command else [sys.executable, "-m", self.module]
@@ -68,7 +90,7 @@ class ManagedProcess:
         self.log_path = log_dir / f"{spec.name}.log"
         self.log_policy = log_policy or LogPolicy()
         self.say = say
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Child | None = None
         self._log: RotatingLog | None = None
         self._pump: asyncio.Task[None] | None = None
         self._pumps: set[asyncio.Task[None]] = set()  # a dead spawn's grandchildren may still be writing
@@ -90,18 +112,23 @@ class ManagedProcess:
             env["TIFFIN_REPLICA_ID"] = f"{self.spec.env.get('TIFFIN_REPLICA_ID', self.spec.name)}-{self.spawns}"
         if self._log is None:
             self._log = RotatingLog(self.log_path, self.log_policy)
-        # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
-        # Output goes through a pipe so that tiffin, not the child, bounds the log's size.
-        self.process = await asyncio.create_subprocess_exec(
-            # Started by the event loop's thread, which lives as long as tiffin up: see tiffin.common.parentdeath.
-            *with_parent_death(self.spec.argv(), self.spec.death_signal), env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+        self.process = await self.spec.launcher.spawn(env) if self.spec.launcher is not None else None
+        if self.process is None:
+            self.process = await self._exec(env)
         self._spawned_at = time.monotonic()
         assert self.process.stdout is not None
         self._pump = asyncio.create_task(pump(self.process.stdout, self._log), name=f"log-{self.spec.name}")
         self._pumps.add(self._pump)
         self._pump.add_done_callback(self._pumps.discard)
+
+    async def _exec(self, env: dict[str, str]) -> asyncio.subprocess.Process:
+        # Own session: a terminal's Ctrl-C reaches only `tiffin up`, which stops children in order.
+        # Output goes through a pipe so that tiffin, not the child, bounds the log's size.
+        return await asyncio.create_subprocess_exec(
+            # Started by the event loop's thread, which lives as long as tiffin up: see tiffin.common.parentdeath.
+            *with_parent_death(self.spec.argv(), self.spec.death_signal), env=env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
 
     async def _drain_log(self) -> None:
         if self._pump is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment
 from tiffin.local.logfiles import LogPolicy
-from tiffin.local.processes import ManagedProcess, ProcessSpec, Say
+from tiffin.local.processes import Launcher, ManagedProcess, ProcessSpec, Say
 from tiffin.local.redis_server import free_port
 
 # Long enough for the proxy to drain its in-flight requests and for a runner to drain its own.
@@ -44,9 +44,16 @@ class LocalReplicas:
     """Starts and stops component replicas as local processes."""
 
     def __init__(
-        self, log_dir: Path, common_env: dict[str, str], say: Say, log_policy: LogPolicy | None = None
+        self,
+        log_dir: Path,
+        common_env: dict[str, str],
+        say: Say,
+        log_policy: LogPolicy | None = None,
+        runner_pool: Launcher | None = None,
     ) -> None:
+        """`runner_pool`: starts vLLM runners by fork (tiffin.local.pool); a `runner.command` one starts plainly."""
         self.log_dir = log_dir
+        self.runner_pool = runner_pool
         self.log_policy = log_policy
         self.common_env = common_env
         self.say = say
@@ -77,7 +84,9 @@ class LocalReplicas:
         name = f"{dep.name}-{component}-{n}"
         env = {**self.common_env, "TIFFIN_DEPLOYMENT": dep.name, "TIFFIN_REPLICA_ID": f"{name}-{self.run}"}
         if component == "runner":
-            spec = ProcessSpec(name, "runtime.runner", {**env, "TIFFIN_RUNNER_PORT": str(free_port())}, _RUNNER_STOP_S)
+            pool = None if dep.runner.command else self.runner_pool
+            spec = ProcessSpec(name, "runtime.runner", {**env, "TIFFIN_RUNNER_PORT": str(free_port())}, _RUNNER_STOP_S,
+                               launcher=pool)  # fmt: skip
             return Replica(name, [self._managed(spec)])
         port = free_port()
         api = ProcessSpec(name, "runtime.api", {**env, "TIFFIN_API_PORT": str(port)})

@@ -31,6 +31,7 @@ from tiffin.contracts.config import Deployment
 from tiffin.contracts.registry import Registry
 from tiffin.local.autoscaler import Autoscaler
 from tiffin.local.logfiles import LogPolicy
+from tiffin.local.pool import RunnerPool, enabled_by_env
 from tiffin.local.processes import ProcessSpec, Supervisor
 from tiffin.local.redis_process import RedisProcess
 from tiffin.local.redis_server import EmbeddedRedis, free_port, redis_data_dir
@@ -112,7 +113,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     config_env = os.pathsep.join(str(p.resolve()) for p in args.configs)
     common = {"TIFFIN_CONFIG": config_env, "REDIS_URL": redis_url, "TIFFIN_CACHE_DIR": str(cache_dir)}
     core, edge = Supervisor(log_dir, say, log_policy), Supervisor(log_dir, say, log_policy)
-    replicas = LocalReplicas(log_dir, common, say, log_policy)
+    pool = _runner_pool(args, deployments, state_dir, common, log_dir, log_policy)
+    replicas = LocalReplicas(log_dir, common, say, log_policy, runner_pool=pool)
     client = connect(redis_url)
     stop, scaling_stop = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -123,10 +125,17 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     scaler_port = free_port()
     scaler = ScalerClient(f"127.0.0.1:{scaler_port}")
     autoscaling: asyncio.Task[None] | None = None
+    pool_report: asyncio.Task[None] | None = None
     try:
         # Before the interceptor starts, so it loads the new keys with the rest.
         new_keys = await _api_keys(client, deployments, args)
         await publish_all(client, deployments)  # applications' docs pages work before their first request
+        if pool is not None:
+            # First: its imports take seconds of CPU, done while the rest starts and before any request.
+            await pool.start()
+            pool_report = asyncio.create_task(pool.report(client, scaling_stop), name="runner-pool-report")
+            say(f"runner pool imports vLLM once; runners start from it by fork (log: {log_dir}/runner-pool.log; "
+                "--no-runner-pool turns it off)")  # fmt: skip
         await core.start_stage([ProcessSpec("scaler", "scaler", {**common, "TIFFIN_SCALER_PORT": str(scaler_port)})])
         if not await _wait_scaler(scaler, stop):
             say(f"the scaler did not become ready; see {log_dir}/scaler.log")
@@ -189,12 +198,30 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         if autoscaling is not None:
             await autoscaling
         await replicas.stop_all()
+        if pool_report is not None:
+            await pool_report
+        if pool is not None:
+            await pool.stop()
         await core.stop_all()
         await scaler.close()
         await client.aclose()
         if redis is not None:
             await redis.stop()
         say("stopped")
+
+
+def _runner_pool(args: argparse.Namespace, deployments: list[Deployment], state_dir: Path, env: dict[str, str],
+                 log_dir: Path, log_policy: LogPolicy) -> RunnerPool | None:  # fmt: skip
+    """The runner pool, where it pays: on unless turned off, and only for deployments that run vLLM itself."""
+    if getattr(args, "no_runner_pool", False) or not enabled_by_env():
+        return None
+    if all(dep.runner.command for dep in deployments):
+        return None  # custom engines: nothing of theirs to import ahead
+    # A Unix socket's path is limited to ~107 bytes: a deep state folder would not fit.
+    path = state_dir / "runner-pool.sock"
+    if len(str(path)) > 100:
+        path = Path("/tmp") / f"tiffin-pool-{os.getpid()}.sock"
+    return RunnerPool(path, env, log_dir, say, log_policy)
 
 
 def _say_tls(tls: EdgeTLS, base: str, host: str, port: int) -> None:

@@ -61,6 +61,7 @@ def deployments_and_scaler(
         write_deployment(folder, "lazy", **scaled, scaling={"idle_period_s": 0, "scale_down_window_s": 1}),
         write_deployment(folder, "kept", api={"min_replicas": 1}, scaling={"idle_period_s": 0}),
         write_deployment(folder, "other", **scaled, scaling={"idle_period_s": 0}),
+        write_deployment(folder, "sleepy", scaling={"idle_period_s": 0, "sleep_period_s": 1}),
     ]
     # Poll interval far above the waits below: only pushed activation can pass the first test.
     scaler = start_scaler(folder, redis_server.url, configs, poll_s=60, name="autoscaler-scaler")
@@ -172,3 +173,35 @@ async def test_the_autoscaler_records_ready_and_desired_replicas_in_the_history(
     finally:
         stop.set()
         await task
+
+
+async def test_idle_gpu_runners_sleep_first_wake_on_a_request_and_reach_zero_after_the_sleep_period(
+    redis: Redis, client: ScalerClient, deployments_and_scaler: tuple[list[Deployment], Scaler]
+) -> None:
+    sleepy = by_name(deployments_and_scaler[0], "sleepy")
+    backend = RecordingBackend()
+    said: list[str] = []
+    runner = ComponentAutoscaler(client, sleepy, "runner", backend, redis, said.append)
+    queue = DeploymentQueue(redis, "sleepy")
+    admission = await queue.admit(envelope("s1"), max_waiting=10, ttl_s=60)
+    await runner.step()
+    assert runner.replicas == 1
+
+    await queue.cancel("s1", admission.entry_id, even_if_taken=False)  # idle (idle period 0)
+    await runner.step()
+    assert runner.replicas == 1 and await redis.exists(keys.sleep("sleepy"))  # asleep, not stopped
+    assert any("1 replica(s) asleep" in line for line in said)
+
+    admission = await queue.admit(envelope("s2"), max_waiting=10, ttl_s=60)
+    await runner.step()
+    assert runner.replicas == 1 and not await redis.exists(keys.sleep("sleepy"))  # woken, not started
+    assert backend.calls == [("sleepy", "runner", 1)]  # one start in all: the wake is not a cold start
+
+    await queue.cancel("s2", admission.entry_id, even_if_taken=False)
+    await runner.step()
+    assert await redis.exists(keys.sleep("sleepy"))
+    asleep_until = time.monotonic() + (sleepy.scaling.sleep_period_s or 0)
+    while time.monotonic() <= asleep_until:
+        await asyncio.sleep(0.1)  # the sleep period is measured in time; nothing else to await
+    await runner.step()
+    assert backend.last("sleepy", "runner") == 0 and not await redis.exists(keys.sleep("sleepy"))
