@@ -138,7 +138,7 @@
   // ---- the overview ----
   function render() {
     const s = view.summary;
-    renderTotals(s.totals);
+    renderTotals(s.totals, s.runner_pool);
     const seen = new Set();
     const tbody = $("rows");
     s.deployments.forEach((d, i) => {
@@ -159,7 +159,7 @@
     renderDetail();
   }
 
-  function renderTotals(t) {
+  function renderTotals(t, pool) {
     const items = [
       ["deployments", t.deployments, "deployments"],
       ["idle", t.idle, "idle"],
@@ -171,6 +171,9 @@
       ["queued", t.queued, "requests queued"],
       ["in_flight", t.in_flight, "requests in flight"],
     ];
+    if (pool && pool.rss_bytes != null) {
+      items.push(["runner_pool", `${Math.round(pool.rss_bytes / 1048576)} MiB`, `runner pool (${pool.state})`]);
+    }
     $("totals").replaceChildren(...items.map(([key, value, label]) =>
       el("div", { class: "total", "data-total": key }, el("div", { class: "v" }, value), el("div", { class: "k" }, label))));
   }

@@ -107,7 +107,7 @@ async def test_the_overview_has_the_contract_shape_states_and_totals(edge: Edge,
     await warm_up(redis)
     async with aiohttp.ClientSession() as session:
         data = await get(session, edge.admin + "/api/dashboard")
-    assert set(data) == {"generated_at_ms", "window_s", "totals", "deployments"}
+    assert set(data) == {"generated_at_ms", "window_s", "totals", "deployments", "runner_pool"}
     assert data["window_s"] == 3600 and abs(data["generated_at_ms"] - time.time() * 1000) < 60_000
     small, big = data["deployments"]  # config order
     assert set(small) == ENTRY_KEYS and set(big) == ENTRY_KEYS

@@ -22,6 +22,7 @@ from tiffin.contracts.config import Deployment
 from tiffin.contracts.history import SPARK_POINTS, SPARK_STEP_S, STEP_S, WINDOW_S
 from tiffin.contracts.load import LoadReport
 from tiffin.contracts.queue import now_ms
+from tiffin.contracts.runnerpool import read_report, report_json
 from tiffin.contracts.status import DeploymentStatus, read_statuses
 
 COLD_STARTS_READ = 100
@@ -85,13 +86,16 @@ def _int(raw: bytes | str | None) -> int | None:
 async def summary(redis: Redis, deployments: Sequence[Deployment]) -> dict[str, Any]:
     """`GET /api/dashboard`: totals and one entry per deployment (its status, last cold start and sparklines)."""
     now_s = time.time()
-    statuses, sparks = await asyncio.gather(read_statuses(redis, deployments), _sparks(redis, deployments, now_s))
+    statuses, sparks, pool = await asyncio.gather(
+        read_statuses(redis, deployments), _sparks(redis, deployments, now_s), read_report(redis)
+    )
     entries = [_entry(s, spark) for s, spark in zip(statuses, sparks, strict=True)]
     return {
         "generated_at_ms": now_ms(),
         "window_s": WINDOW_S,
         "totals": totals(statuses, deployments),
         "deployments": entries,
+        "runner_pool": report_json(pool),  # the single-machine runner pool's memory; null elsewhere
     }
 
 

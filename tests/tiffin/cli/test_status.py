@@ -13,6 +13,7 @@ from tests.interceptor.conftest import running_edge
 from tests.interceptor.test_dashboard_api import deployments, warm_up
 from tiffin.cli.status import duration, show_status
 from tiffin.contracts import keys
+from tiffin.contracts.runnerpool import PoolReport, write_report
 
 
 @pytest.mark.parametrize(
@@ -57,3 +58,19 @@ async def test_status_json_is_the_dashboard_overview(redis: Redis, capsys: pytes
     data = json.loads(capsys.readouterr().out)
     assert [d["name"] for d in data["deployments"]] == ["small", "big"]
     assert data["totals"]["idle"] == 2 and data["totals"]["deployments"] == 2
+
+
+async def test_status_shows_the_runner_pool_s_memory(redis: Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    await warm_up(redis)
+    report = PoolReport("ready", rss_bytes=600 * 2**20, pss_bytes=450 * 2**20, pid=1234, runners_started=2,
+                        plain_fallbacks=1, restarts=0, updated_ms=int(time.time() * 1000))  # fmt: skip
+    await write_report(redis, report)
+    async with running_edge(redis, deployments()) as edge:
+        capsys.readouterr()
+        assert await asyncio.to_thread(show_status, edge.admin, False) == 0
+        assert await asyncio.to_thread(show_status, edge.admin, True) == 0
+    out = capsys.readouterr().out
+    table, as_json = out[: out.index("{")], out[out.index("{") :]
+    shown = "runner pool: ready, 600 MiB resident (450 MiB proportional), 2 runner(s) started from it, 1 plainly"
+    assert shown in table
+    assert json.loads(as_json)["runner_pool"]["rss_bytes"] == 600 * 2**20
