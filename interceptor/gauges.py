@@ -77,6 +77,11 @@ class _Snapshot(Collector):
         yield from (ready, desired, state, queue, oldest, last, gpu)
 
 
+def families() -> dict[str, str]:
+    """The gauge families read from Redis at scrape time (name -> type), for checks of dashboards against them."""
+    return {f.name: f.type for f in _Snapshot([], []).collect()}
+
+
 async def exposition(redis: Redis, deployments: Sequence[Deployment], timeout_s: float) -> bytes:
     """The Redis-read gauges in Prometheus' text format; empty (and logged) when Redis does not answer."""
     try:
