@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from tests.deploy.manifests import (
-    DEPLOY,
     OVERLAYS,
     ROOT,
     deploy_tree,
@@ -22,7 +21,6 @@ from tests.deploy.manifests import (
     name_of,
     pod_specs,
 )
-from tiffin.contracts.config import load_deployments
 
 # The oldest Kubernetes the manifests promise to work on (gRPC probes are GA since 1.27) and the newest known.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -88,7 +86,7 @@ def test_every_overlay_renders_the_whole_platform(rendered: tuple[str, list[dict
         assert not redis & names, "the external-redis component must remove the in-cluster Redis"
     else:
         assert redis <= names
-    assert any(n.startswith("ConfigMap/tiffin-deployments-") for n in names), "the deployments ConfigMap is missing"
+    assert "ConfigMap/tiffin-deployments" in names, "the deployments ConfigMap is missing"
     for obj in objs:
         if obj["kind"] != "Namespace" and obj["kind"] != "CustomResourceDefinition":
             assert obj["metadata"].get("namespace") == "tiffin", f"{name_of(obj)} is not in namespace tiffin"
@@ -223,17 +221,22 @@ def test_the_controllers_rbac_is_namespaced_and_names_every_verb(rendered: tuple
     assert pod["serviceAccountName"] == "tiffin-controller"
 
 
-def test_the_overlays_deployment_files_are_the_examples_and_load(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_the_deployments_configmap_is_the_controllers_to_fill_and_both_readers_mount_it(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
     target, objs = rendered
-    overlay = "production" if target.startswith("production") else target
-    files = sorted((DEPLOY / "overlays" / overlay / "deployments").glob("*.yaml"))
-    assert files
-    for file in files:
-        example = ROOT / "examples" / file.name
-        assert file.read_text() == example.read_text(), f"{file} differs from {example}: copy it again"
-    assert {d.name for d in load_deployments(files)} == {f.stem for f in files}
-    (configmap,) = [o for o in objs if o["metadata"]["name"].startswith("tiffin-deployments-")]
-    assert sorted(configmap["data"]) == [f.name for f in files]
+    configmap = find(objs, "ConfigMap", "tiffin-deployments")
+    # No `data`: the controller owns its keys (server-side apply); `kubectl apply -k` must not fight it.
+    assert "data" not in configmap and "binaryData" not in configmap, target
+    for name in ("tiffin-interceptor", "tiffin-scaler"):
+        (pod,) = pod_specs(find(objs, "Deployment", name))
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        env = env_of(container)
+        assert mounted[env["TIFFIN_CONFIG"]]["configMap"]["name"] == "tiffin-deployments", name
+        # What the controller writes names model folders that exist only on a deployment's runners.
+        assert env["TIFFIN_CHECK_MODEL_FOLDERS"] == "0", name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -262,8 +265,8 @@ def test_the_controller_may_touch_every_kind_render_returns(rendered: tuple[str,
 
 # Where each platform container's settings are read: its package, and the shared plumbing.
 COMPONENT_SOURCES = {
-    "interceptor": ["interceptor", "tiffin/common"],
-    "scaler": ["scaler", "tiffin/common"],
+    "interceptor": ["interceptor", "tiffin/common", "tiffin/contracts"],
+    "scaler": ["scaler", "tiffin/common", "tiffin/contracts"],
     "tiffin.kube.controller": ["tiffin/kube/controller", "tiffin/common"],
 }
 

@@ -7,6 +7,9 @@ explicit and observable (and testable without a garbage collector).
 
 An invalid spec does not crash or retry in a loop: it is reported in the `Applied` condition, naming the field,
 and the objects of the last valid spec keep serving.
+
+Every valid spec's YAML also goes into the deployments ConfigMap the interceptor and scaler read (`Catalog`);
+an invalid one keeps its last valid YAML there, as its objects keep serving.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ from pydantic import ValidationError
 from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.exceptions import ConfigError
+from tiffin.kube.controller.catalog import Catalog
 from tiffin.kube.controller.conditions import Counts, condition, status_body
 from tiffin.kube.controller.kubeapi import KubeApi, KubeApiError, Resource
 from tiffin.kube.controller.replicas import LABEL_DEPLOYMENT, MANAGED, counts_of
-from tiffin.kube.render import RENDERED_KINDS, Platform, render
+from tiffin.kube.render import RENDERED_KINDS, Platform, config_yaml, render
 
 log = structlog.get_logger("tiffin.kube.controller.reconcile")
 
@@ -71,13 +75,18 @@ def deployment_of(resource: dict[str, Any]) -> tuple[Deployment, str]:
     return deployment, yaml.safe_dump(data, sort_keys=False)
 
 
-def manifests(resource: dict[str, Any], platform: Platform) -> list[dict[str, Any]]:
-    """What the resource renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
+def rendered(resource: dict[str, Any], platform: Platform) -> tuple[Deployment, list[dict[str, Any]]]:
+    """The deployment and what it renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
     deployment, source = deployment_of(resource)
     try:
-        return render(deployment, platform, source)
+        return deployment, render(deployment, platform, source)
     except ConfigError as exc:  # render's own `field: problem` lines, relative to the deployment file
         raise InvalidSpec([_field_of(p) for p in exc.problems]) from exc
+
+
+def manifests(resource: dict[str, Any], platform: Platform) -> list[dict[str, Any]]:
+    """What the resource renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
+    return rendered(resource, platform)[1]
 
 
 def _field_of(problem: str) -> str:
@@ -91,10 +100,12 @@ def key_of(obj: dict[str, Any]) -> ObjectKey:
 class Reconciler:
     """Brings the cluster to what each TiffinDeployment renders to; a watch `Handler` for the resources."""
 
-    def __init__(self, api: KubeApi, platform: Platform) -> None:
+    def __init__(self, api: KubeApi, platform: Platform, catalog: Catalog | None = None) -> None:
         self.api = api
         self.platform = platform
         self.namespace = platform.namespace
+        self.catalog = catalog or Catalog(api, platform.namespace)
+        self.entries: dict[str, str] = {}  # name -> YAML of its last valid spec, what the catalog should hold
         self.resources = Resource(GROUP_VERSION, "tiffindeployments", platform.namespace)
         self.counts: dict[str, dict[keys.Component, Counts]] = {}
         self._done: dict[str, int] = {}  # uid -> generation applied by this process
@@ -113,8 +124,12 @@ class Reconciler:
         self._done.clear()
         self._written.clear()  # the list is fresh: compare with what it shows
         self._live = {item["metadata"]["name"]: item for item in items}
+        # What the ConfigMap holds for resources still here: an invalid spec keeps its last valid YAML there.
+        carried = await self.catalog.entries()
+        self.entries = {name: text for name, text in carried.items() if name in self._live}
         for item in items:
             await self.reconcile(item)
+        await self.catalog.publish(dict(self.entries))
 
     async def changed(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -123,12 +138,15 @@ class Reconciler:
             self._done.pop(meta.get("uid", ""), None)
             for memo in (self._locks, self._applied, self._written):
                 memo.pop(meta["name"], None)
+            self.entries.pop(meta["name"], None)
+            await self.catalog.publish(dict(self.entries))
             return
         self._live[meta["name"]] = obj
         # A status-only change (our own status patch among them) does not move the generation.
         if not meta.get("deletionTimestamp") and self._done.get(meta.get("uid", "")) == meta.get("generation"):
             return
         await self.reconcile(obj)
+        await self.catalog.publish(dict(self.entries))
 
     async def counts_changed(self, name: str, counts: dict[keys.Component, Counts]) -> None:
         """The replica sync saw new counts: refresh the resource's Ready condition and replica columns."""
@@ -169,7 +187,7 @@ class Reconciler:
         if FINALIZER not in (meta.get("finalizers") or []):
             resource = await self._set_finalizers(resource, [*(meta.get("finalizers") or []), FINALIZER])
         try:
-            objects = manifests(resource, self.platform)
+            deployment, objects = rendered(resource, self.platform)
         except InvalidSpec as exc:
             log.warning("spec_invalid", deployment=name, problems=exc.problems)
             await self._write_status(
@@ -177,6 +195,7 @@ class Reconciler:
             )
             self._done[meta["uid"]] = generation
             return
+        self.entries[name] = config_yaml(deployment)
         try:
             applied, pruned = await self._apply(resource, objects)
         except KubeApiError as exc:
@@ -242,6 +261,9 @@ class Reconciler:
         finalizers = meta.get("finalizers") or []
         if FINALIZER not in finalizers:
             return
+        # Out of the catalog first: the interceptors stop taking its requests before its workloads go.
+        self.entries.pop(meta["name"], None)
+        await self.catalog.publish(dict(self.entries))
         pruned = await self._prune(meta["name"], set(), set(PRUNE_KINDS))
         await self._set_finalizers(resource, [f for f in finalizers if f != FINALIZER])
         self.counts.pop(meta["name"], None)
