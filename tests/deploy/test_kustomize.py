@@ -157,9 +157,21 @@ def test_every_pod_is_locked_down_with_resources_and_probes(rendered: tuple[str,
             assert "add" not in csc["capabilities"], where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: {bound}"
-            if obj["metadata"]["name"] != "tiffin-controller":  # it has no health endpoint yet (see its manifest)
-                assert "readinessProbe" in container and "livenessProbe" in container, where
+            assert "readinessProbe" in container and "livenessProbe" in container, where
             assert ":" in container["image"] and not container["image"].endswith(":latest"), where
+
+
+def test_the_controller_is_probed_on_its_healthz_listener(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objs = rendered
+    (pod,) = pod_specs(find(objs, "Deployment", "tiffin-controller"))
+    (container,) = pod["containers"]
+    env = env_of(container)
+    # The kubelet probes from the node: the listener must not be loopback-only (its default).
+    assert env["TIFFIN_CONTROLLER_HOST"] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == int(env["TIFFIN_CONTROLLER_PORT"])
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert container[kind]["httpGet"] == {"path": "/healthz", "port": "health"}, kind
 
 
 def test_the_scaler_is_probed_over_grpc_health(rendered: tuple[str, list[dict[str, Any]]]) -> None:
