@@ -219,11 +219,14 @@ def test_the_controllers_rbac_is_namespaced_and_names_every_verb(rendered: tuple
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not [g for g in granted if "*" in g], "no wildcards"
     assert not [g for g in granted if g[1] == "secrets"], "the controller reads no Secrets"
-    applied = [("configmaps", ""), ("services", ""), ("persistentvolumeclaims", ""), ("deployments", "apps"),
+    applied = [("configmaps", ""), ("services", ""), ("deployments", "apps"),
                ("networkpolicies", "networking.k8s.io"), ("scaledobjects", "keda.sh")]  # fmt: skip
     for resource, group in applied:
         for verb in ("get", "list", "watch", "create", "patch", "delete"):
             assert (group, resource, verb) in granted
+    # Model caches are applied but never deleted: downloaded weights outlive their TiffinDeployment.
+    assert {("", "persistentvolumeclaims", v) for v in ("create", "patch")} <= granted
+    assert ("", "persistentvolumeclaims", "delete") not in granted
     assert ("tiffin.io", "tiffindeployments/status", "patch") in granted
     assert ("tiffin.io", "tiffindeployments", "patch") in granted  # its finalizer
     assert {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")} <= granted
@@ -266,12 +269,16 @@ def test_an_overlays_registry_image_reaches_the_controllers_platform_image(overl
 
 def test_the_controller_may_touch_every_kind_render_returns(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     render = pytest.importorskip("tiffin.kube.render", reason="tiffin render has not landed on this branch yet")
+    reconcile = pytest.importorskip("tiffin.kube.controller.reconcile", reason="the controller has not landed yet")
     _, objs = rendered
     rules = find(objs, "Role", "tiffin-controller")["rules"]
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    kept = {(api_version, kind) for api_version, kind in reconcile.KEPT_KINDS}  # applied, never pruned
+    every = ("get", "list", "watch", "create", "patch", "delete")
     for api_version, kind, plural in render.RENDERED_KINDS:
         group = api_version.split("/")[0] if "/" in api_version else ""
-        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+        verbs = ("create", "patch") if (api_version, kind) in kept else every
+        for verb in verbs:
             assert (group, plural, verb) in granted, f"the controller cannot {verb} {kind} ({group}/{plural})"
 
 

@@ -8,6 +8,10 @@ explicit and observable (and testable without a garbage collector).
 An invalid spec does not crash or retry in a loop: it is reported in the `Applied` condition, naming the field,
 and the objects of the last valid spec keep serving.
 
+The model cache a deployment's render creates (its PersistentVolumeClaim) is the one exception: it is neither
+owned nor pruned, so deleting a TiffinDeployment (or changing its cache) never deletes downloaded weights; a
+TiffinDeployment created again under the same name finds its cache. `kubectl delete pvc NAME-models` frees it.
+
 Every valid spec's YAML also goes into the deployments ConfigMap the interceptor and scaler read (`Catalog`);
 an invalid one keeps its last valid YAML there, as its objects keep serving.
 """
@@ -36,9 +40,14 @@ GROUP_VERSION = "tiffin.io/v1alpha1"
 KIND = "TiffinDeployment"
 FINALIZER = "tiffin.io/cleanup"
 
+# Kept on delete and on change: the model cache (weights take long to download; see the module's docstring).
+KEPT_KINDS = frozenset({("v1", "PersistentVolumeClaim")})
+
 # Every kind `render` may return, listed when pruning (a kind a new render no longer returns at all must
-# still be found). Listing a kind whose CRD is absent (404) is skipped.
-PRUNE_KINDS: tuple[tuple[str, str], ...] = tuple((api_version, kind) for api_version, kind, _ in RENDERED_KINDS)
+# still be found), but the kept ones. Listing a kind whose CRD is absent (404) is skipped.
+PRUNE_KINDS: tuple[tuple[str, str], ...] = tuple(
+    (api_version, kind) for api_version, kind, _ in RENDERED_KINDS if (api_version, kind) not in KEPT_KINDS
+)
 
 ObjectKey = tuple[str, str, str]  # apiVersion, kind, name
 
@@ -226,12 +235,13 @@ class Reconciler:
         for obj in objects:
             obj_meta = obj.setdefault("metadata", {})
             obj_meta["namespace"] = self.namespace
-            obj_meta["ownerReferences"] = [owner]
+            if (obj["apiVersion"], obj["kind"]) not in KEPT_KINDS:  # owned: the garbage collector would delete it
+                obj_meta["ownerReferences"] = [owner]
             answer = await self.api.apply(obj, self.namespace)
             found = counts_of(answer) if answer.get("kind") == "Deployment" else None
             if found is not None:
                 self.counts.setdefault(found[0], {})[found[1]] = found[2]
-        kinds = {(a, k) for a, k in PRUNE_KINDS} | {(o["apiVersion"], o["kind"]) for o in objects}
+        kinds = ({(a, k) for a, k in PRUNE_KINDS} | {(o["apiVersion"], o["kind"]) for o in objects}) - KEPT_KINDS
         pruned = await self._prune(meta["name"], {key_of(o) for o in objects}, kinds)
         return len(objects), pruned
 
