@@ -181,3 +181,32 @@ async def test_without_the_readers_installed_the_configmap_is_still_written(
 
     await eventually(written, "the ConfigMap created by the apply")
     assert cluster.fake.items("apps/v1", "deployments", NAMESPACE).keys().isdisjoint(ROLLOUT)
+
+
+async def test_a_deployment_left_out_says_why_and_is_taken_back_when_the_route_frees(
+    cluster: Cluster, start_controller: StartController
+) -> None:
+    await install_platform(cluster)
+    await start_controller()
+    shared = {"model": "smollm2", "routing": {"models": ["shared"]}}
+    await cluster.create("alpha", shared)
+    await cluster.create("beta", shared)
+
+    async def route_taken() -> dict[str, Any] | None:
+        ready = await cluster.condition("beta", "Ready")
+        return ready if ready and ready["reason"] == "RouteTaken" else None
+
+    ready = await eventually(route_taken, "beta: Ready=False, RouteTaken")
+    assert ready["status"] == "False"
+    assert "'alpha'" in ready["message"] and "shared" in ready["message"]
+    alpha = await cluster.condition("alpha", "Ready")
+    assert alpha is not None and alpha["reason"] != "RouteTaken"
+
+    await cluster.api.delete(RESOURCES, "alpha")
+    await eventually(lambda: published(cluster, {"beta.yaml": yaml_of("beta", shared)}), "beta published instead")
+
+    async def served() -> dict[str, Any] | None:
+        ready = await cluster.condition("beta", "Ready")
+        return ready if ready and ready["reason"] != "RouteTaken" else None
+
+    await eventually(served, "beta's Ready no longer says RouteTaken")

@@ -9,7 +9,8 @@ updates replace the pods one by one (a draining interceptor finishes its request
 new set. The hash depends only on the content, so a restarted controller stamps the same value: no roll.
 
 A set the components could not load together would crash-loop them, so it is checked here first: a
-deployment whose name or route another already takes (in name order) is left out and logged.
+deployment whose route another already takes (in name order) is left out, logged, and reported on its
+resource (Ready False, reason RouteTaken) by the reconciler.
 """
 
 from __future__ import annotations
@@ -40,21 +41,22 @@ def digest(data: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-def admissible(entries: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    """The ConfigMap data for `entries` (name -> YAML) the components can load together, and why others are out."""
+def admissible(entries: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """The ConfigMap data for `entries` (name -> YAML) the components can load together, and why each name left
+    out is out."""
     accepted: list[tuple[Path, Deployment]] = []
     data: dict[str, str] = {}
-    problems: list[str] = []
+    problems: dict[str, str] = {}
     for name in sorted(entries):
         path = Path(f"{name}.yaml")
         try:
             deployment = parse_deployment(yaml.safe_load(entries[name]), path, check_model=False)
         except (ConfigError, yaml.YAMLError) as exc:  # only a hand-edited ConfigMap carries such an entry
-            problems.append(f"{path}: {exc}")
+            problems[name] = str(exc)
             continue
         clash = conflicts([*accepted, (path, deployment)])
         if clash:
-            problems.extend(clash)
+            problems[name] = "; ".join(c.removeprefix(f"{path}: ") for c in clash)
             continue
         accepted.append((path, deployment))
         data[path.name] = entries[name]
@@ -73,6 +75,8 @@ class Catalog:
         self._workloads = Resource("apps/v1", "deployments", namespace)
         self._data: dict[str, str] | None = None  # what the ConfigMap holds: read once, then as written
         self._stamped: str | None = None  # the hash every rollout target carries, as far as this process knows
+        self.left_out: dict[str, str] = {}
+        """Deployments the last publish left out of the ConfigMap, with why."""
         self._lock = asyncio.Lock()
 
     async def entries(self) -> dict[str, str]:
@@ -89,9 +93,10 @@ class Catalog:
     async def publish(self, entries: dict[str, str]) -> None:
         """Make the ConfigMap hold `entries` (name -> YAML) and stamp its hash; no API call when nothing changed."""
         async with self._lock:
-            data, problems = admissible(entries)
-            if problems:
-                log.warning("deployments_left_out", configmap=self.name, problems=problems)
+            data, left_out = admissible(entries)
+            if left_out and left_out != self.left_out:
+                log.warning("deployments_left_out", configmap=self.name, problems=left_out)
+            self.left_out = left_out
             if data != await self._current():
                 body = {"apiVersion": "v1", "kind": "ConfigMap",
                         "metadata": {"name": self.name, "namespace": self.namespace}, "data": data}  # fmt: skip

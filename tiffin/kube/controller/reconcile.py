@@ -115,6 +115,7 @@ class Reconciler:
         self.namespace = platform.namespace
         self.catalog = catalog or Catalog(api, platform.namespace)
         self.entries: dict[str, str] = {}  # name -> YAML of its last valid spec, what the catalog should hold
+        self._reported: dict[str, str] = {}  # the catalog's left-out names the Ready conditions were refreshed for
         self.resources = Resource(GROUP_VERSION, "tiffindeployments", platform.namespace)
         self.counts: dict[str, dict[keys.Component, Counts]] = {}
         self._done: dict[str, int] = {}  # uid -> generation applied by this process
@@ -138,7 +139,7 @@ class Reconciler:
         self.entries = {name: text for name, text in carried.items() if name in self._live}
         for item in items:
             await self.reconcile(item)
-        await self.catalog.publish(dict(self.entries))
+        await self._publish()
 
     async def changed(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -148,18 +149,32 @@ class Reconciler:
             for memo in (self._locks, self._applied, self._written):
                 memo.pop(meta["name"], None)
             self.entries.pop(meta["name"], None)
-            await self.catalog.publish(dict(self.entries))
+            await self._publish()
             return
         self._live[meta["name"]] = obj
         # A status-only change (our own status patch among them) does not move the generation.
         if not meta.get("deletionTimestamp") and self._done.get(meta.get("uid", "")) == meta.get("generation"):
             return
         await self.reconcile(obj)
+        await self._publish()
+
+    async def _publish(self) -> None:
+        """Write the deployments ConfigMap; refresh the Ready condition of each resource it newly leaves out or
+        takes back (not under a resource's lock: it takes theirs)."""
         await self.catalog.publish(dict(self.entries))
+        # Compared with what the statuses were last refreshed for (a deletion publishes under its own lock).
+        before, after = self._reported, dict(self.catalog.left_out)
+        self._reported = after
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                await self._refresh(name)
 
     async def counts_changed(self, name: str, counts: dict[keys.Component, Counts]) -> None:
         """The replica sync saw new counts: refresh the resource's Ready condition and replica columns."""
         self.counts[name] = counts
+        await self._refresh(name)
+
+    async def _refresh(self, name: str) -> None:
         async with self._lock(name):
             resource = self._live.get(name)
             if resource is None or resource["metadata"].get("deletionTimestamp") or name not in self._applied:
@@ -299,7 +314,8 @@ class Reconciler:
         name = resource["metadata"]["name"]
         self._applied[name] = (applied, generation)
         current = self._status(resource)
-        body = status_body(generation, applied, self.counts.get(name, {}), current.get("conditions") or [])
+        previous = current.get("conditions") or []
+        body = status_body(generation, applied, self.counts.get(name, {}), previous, self.catalog.left_out.get(name))
         if current == body:
             return
         try:
