@@ -184,10 +184,14 @@ class Reconciler:
 
     async def workload_deleted(self, name: str) -> None:
         """A workload of `name` went away: put it back unless its resource is going too (or the render dropped it)."""
-        resource = self._live.get(name)
-        if resource is None or resource["metadata"].get("deletionTimestamp"):
+        if name not in self._live:
             return
         try:
+            # Read afresh: this runs on the workloads' watch, which may be ahead of the resources' watch, and a
+            # stale copy (its finalizer not yet seen) would make the conditional finalizer patch fail with 409.
+            resource = await self.api.get(self.resources, name)
+            if resource is None or resource["metadata"].get("deletionTimestamp"):
+                return
             await self.reconcile(resource)
         except KubeApiError as exc:  # not this watch's to retry: the next resync reconciles it again
             log.warning("reconcile_failed", deployment=name, error=str(exc))
