@@ -32,7 +32,11 @@ async def serve(settings: InterceptorSettings) -> None:
     certificates = CertificateStore.load(settings.tls) if settings.tls else None
     if certificates is not None:
         tls_metrics.register(certificates)
-    deployments = load_deployments(settings.config_paths)
+    # An empty folder is a valid start on Kubernetes (no TiffinDeployment yet): every model answers 404 until
+    # the controller writes the folder's ConfigMap and rolls this pod.
+    deployments = load_deployments(settings.config_paths, allow_empty=True)
+    if not deployments:
+        log.warning("no_deployments", config=[str(p) for p in settings.config_paths])
     # Requests share a bounded pool: a burst waits briefly for a connection rather than failing (see
     # TIFFIN_REDIS_MAX_CONNECTIONS). The reply reader has a client of its own, so no burst can delay replies.
     redis = connect_bounded(

@@ -118,6 +118,8 @@ class KeyGate:
 
     def admit_route(self, route: Route, caller: Caller, path: str) -> Route:
         """Before the body: refuse what the route alone decides; returns the route narrowed to the caller."""
+        if not route.candidates:
+            return route  # no deployment at all: nothing to protect, the model is unknown (404) to anyone
         if not all(_needs_key(d) for d in route.candidates):
             return route  # an open deployment may be the one asked for: decided once the model is known
         if caller.key is None:

@@ -17,6 +17,9 @@ class Route:
 
     def resolve(self, model: str | None) -> Deployment:
         """Pick the deployment serving `model`; without a model, the only candidate."""
+        if not self.candidates:  # no deployment at all yet (an empty cluster): every model is unknown
+            named = f"The model '{model}'" if model is not None else "A model"
+            raise NotFound(f"{named} does not exist here; no deployment is configured yet")
         if model is None:
             if len(self.candidates) == 1:
                 return self.candidates[0]
@@ -42,8 +45,14 @@ class Router:
         self.deployments = deployments
 
     def match(self, host: str, path: str) -> Route:
-        """Find the deployments for `host` and `path`; host-specific routes and longer prefixes win."""
+        """Find the deployments for `host` and `path`; host-specific routes and longer prefixes win.
+
+        With no deployments at all, every `/v1/` path matches an empty route, so its models are unknown (404
+        model_not_found) and `/v1/models` lists none, as an OpenAI-compatible server with nothing loaded would.
+        """
         host = normalize_host(host)
+        if not self.deployments and path.startswith("/v1/"):
+            return Route(candidates=(), api_path=path)
         best: list[Deployment] = []
         best_rank: tuple[int, int] = (-1, -1)
         for deployment in self.deployments:

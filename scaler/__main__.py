@@ -56,7 +56,11 @@ async def _report_health(servicer: health.aio.HealthServicer, redis: Redis, wake
 
 async def serve(settings: ScalerSettings) -> int:
     log = setup_logging("scaler")
-    deployments = load_deployments(settings.config_paths)
+    # An empty folder is a valid start on Kubernetes (no TiffinDeployment yet): KEDA's calls for a deployment
+    # answer NOT_FOUND until the controller writes the folder's ConfigMap and rolls this pod.
+    deployments = load_deployments(settings.config_paths, allow_empty=True)
+    if not deployments:
+        log.warning("no_deployments", config=[str(p) for p in settings.config_paths])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -12,7 +12,6 @@ import pytest
 import yaml
 
 from tests.deploy.manifests import (
-    DEPLOY,
     OVERLAYS,
     ROOT,
     deploy_tree,
@@ -22,7 +21,6 @@ from tests.deploy.manifests import (
     name_of,
     pod_specs,
 )
-from tiffin.contracts.config import load_deployments
 
 # The oldest Kubernetes the manifests promise to work on (gRPC probes are GA since 1.27) and the newest known.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
@@ -88,7 +86,7 @@ def test_every_overlay_renders_the_whole_platform(rendered: tuple[str, list[dict
         assert not redis & names, "the external-redis component must remove the in-cluster Redis"
     else:
         assert redis <= names
-    assert any(n.startswith("ConfigMap/tiffin-deployments-") for n in names), "the deployments ConfigMap is missing"
+    assert "ConfigMap/tiffin-deployments" in names, "the deployments ConfigMap is missing"
     for obj in objs:
         if obj["kind"] != "Namespace" and obj["kind"] != "CustomResourceDefinition":
             assert obj["metadata"].get("namespace") == "tiffin", f"{name_of(obj)} is not in namespace tiffin"
@@ -159,9 +157,21 @@ def test_every_pod_is_locked_down_with_resources_and_probes(rendered: tuple[str,
             assert "add" not in csc["capabilities"], where
             for bound in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(container["resources"][bound]), f"{where}: {bound}"
-            if obj["metadata"]["name"] != "tiffin-controller":  # it has no health endpoint yet (see its manifest)
-                assert "readinessProbe" in container and "livenessProbe" in container, where
+            assert "readinessProbe" in container and "livenessProbe" in container, where
             assert ":" in container["image"] and not container["image"].endswith(":latest"), where
+
+
+def test_the_controller_is_probed_on_its_healthz_listener(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, objs = rendered
+    (pod,) = pod_specs(find(objs, "Deployment", "tiffin-controller"))
+    (container,) = pod["containers"]
+    env = env_of(container)
+    # The kubelet probes from the node: the listener must not be loopback-only (its default).
+    assert env["TIFFIN_CONTROLLER_HOST"] == "0.0.0.0"
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["health"] == int(env["TIFFIN_CONTROLLER_PORT"])
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert container[kind]["httpGet"] == {"path": "/healthz", "port": "health"}, kind
 
 
 def test_the_scaler_is_probed_over_grpc_health(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -209,11 +219,14 @@ def test_the_controllers_rbac_is_namespaced_and_names_every_verb(rendered: tuple
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     assert not [g for g in granted if "*" in g], "no wildcards"
     assert not [g for g in granted if g[1] == "secrets"], "the controller reads no Secrets"
-    applied = [("configmaps", ""), ("services", ""), ("persistentvolumeclaims", ""), ("deployments", "apps"),
+    applied = [("configmaps", ""), ("services", ""), ("deployments", "apps"),
                ("networkpolicies", "networking.k8s.io"), ("scaledobjects", "keda.sh")]  # fmt: skip
     for resource, group in applied:
         for verb in ("get", "list", "watch", "create", "patch", "delete"):
             assert (group, resource, verb) in granted
+    # Model caches are applied but never deleted: downloaded weights outlive their TiffinDeployment.
+    assert {("", "persistentvolumeclaims", v) for v in ("create", "patch")} <= granted
+    assert ("", "persistentvolumeclaims", "delete") not in granted
     assert ("tiffin.io", "tiffindeployments/status", "patch") in granted
     assert ("tiffin.io", "tiffindeployments", "patch") in granted  # its finalizer
     assert {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")} <= granted
@@ -223,17 +236,22 @@ def test_the_controllers_rbac_is_namespaced_and_names_every_verb(rendered: tuple
     assert pod["serviceAccountName"] == "tiffin-controller"
 
 
-def test_the_overlays_deployment_files_are_the_examples_and_load(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_the_deployments_configmap_is_the_controllers_to_fill_and_both_readers_mount_it(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
     target, objs = rendered
-    overlay = "production" if target.startswith("production") else target
-    files = sorted((DEPLOY / "overlays" / overlay / "deployments").glob("*.yaml"))
-    assert files
-    for file in files:
-        example = ROOT / "examples" / file.name
-        assert file.read_text() == example.read_text(), f"{file} differs from {example}: copy it again"
-    assert {d.name for d in load_deployments(files)} == {f.stem for f in files}
-    (configmap,) = [o for o in objs if o["metadata"]["name"].startswith("tiffin-deployments-")]
-    assert sorted(configmap["data"]) == [f.name for f in files]
+    configmap = find(objs, "ConfigMap", "tiffin-deployments")
+    # No `data`: the controller owns its keys (server-side apply); `kubectl apply -k` must not fight it.
+    assert "data" not in configmap and "binaryData" not in configmap, target
+    for name in ("tiffin-interceptor", "tiffin-scaler"):
+        (pod,) = pod_specs(find(objs, "Deployment", name))
+        (container,) = pod["containers"]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounted = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+        env = env_of(container)
+        assert mounted[env["TIFFIN_CONFIG"]]["configMap"]["name"] == "tiffin-deployments", name
+        # What the controller writes names model folders that exist only on a deployment's runners.
+        assert env["TIFFIN_CHECK_MODEL_FOLDERS"] == "0", name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -251,19 +269,23 @@ def test_an_overlays_registry_image_reaches_the_controllers_platform_image(overl
 
 def test_the_controller_may_touch_every_kind_render_returns(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     render = pytest.importorskip("tiffin.kube.render", reason="tiffin render has not landed on this branch yet")
+    reconcile = pytest.importorskip("tiffin.kube.controller.reconcile", reason="the controller has not landed yet")
     _, objs = rendered
     rules = find(objs, "Role", "tiffin-controller")["rules"]
     granted = {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    kept = {(api_version, kind) for api_version, kind in reconcile.KEPT_KINDS}  # applied, never pruned
+    every = ("get", "list", "watch", "create", "patch", "delete")
     for api_version, kind, plural in render.RENDERED_KINDS:
         group = api_version.split("/")[0] if "/" in api_version else ""
-        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+        verbs = ("create", "patch") if (api_version, kind) in kept else every
+        for verb in verbs:
             assert (group, plural, verb) in granted, f"the controller cannot {verb} {kind} ({group}/{plural})"
 
 
 # Where each platform container's settings are read: its package, and the shared plumbing.
 COMPONENT_SOURCES = {
-    "interceptor": ["interceptor", "tiffin/common"],
-    "scaler": ["scaler", "tiffin/common"],
+    "interceptor": ["interceptor", "tiffin/common", "tiffin/contracts"],
+    "scaler": ["scaler", "tiffin/common", "tiffin/contracts"],
     "tiffin.kube.controller": ["tiffin/kube/controller", "tiffin/common"],
 }
 

@@ -1,6 +1,7 @@
 """The platform manifests start the real components: the interceptor and the scaler, run as real processes with
 exactly the environment, mounted files and probes of the dev overlay (Secrets and the pod's own fields filled
-in, ports moved to free ones), become ready, pass their probes, and stop cleanly on SIGTERM."""
+in, ports moved to free ones), become ready, pass their probes, and stop cleanly on SIGTERM. Their deployments
+folder is empty, as on a cluster without TiffinDeployments (the controller fills the ConfigMap)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ class Pod:
             folder.mkdir(parents=True)
             volume = volumes[mount["name"]]
             if "configMap" in volume:
-                for key, text in configmaps[volume["configMap"]["name"]]["data"].items():
+                # As the platform is first applied: the deployments ConfigMap has no keys until the controller writes.
+                for key, text in (configmaps[volume["configMap"]["name"]].get("data") or {}).items():
                     (folder / key).write_text(text)
             elif "secret" in volume:
                 assert volume["secret"]["secretName"] == "tiffin-admin", "a Secret this test does not know"
@@ -138,9 +140,12 @@ def check_interceptor(pod: Pod) -> None:
     request = urllib.request.Request(f"http://127.0.0.1:{admin}/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
     with urllib.request.urlopen(request, timeout=5) as resp:
         assert b"tiffin_requests_total" in resp.read()
-    # The deployment needs an API key: a keyless request is refused with the OpenAI-shaped 401, over plain HTTP.
-    with pytest.raises(urllib.error.HTTPError) as keyless:
-        urllib.request.urlopen(f"http://127.0.0.1:{public}/v1/models", timeout=5)
-    with keyless.value as answer:
-        assert answer.code == 401
-        assert b'"error"' in answer.read()
+    # An empty cluster (no TiffinDeployment yet): any model is the OpenAI-shaped 404, over plain HTTP.
+    request = urllib.request.Request(f"http://127.0.0.1:{public}/v1/chat/completions", method="POST",
+                                     data=b'{"model": "smollm2", "messages": []}',
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as unknown:
+        urllib.request.urlopen(request, timeout=5)
+    with unknown.value as answer:
+        assert answer.code == 404
+        assert b'"model_not_found"' in answer.read()

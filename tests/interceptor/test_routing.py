@@ -170,16 +170,24 @@ def test_model_of_a_deployment_on_another_route_is_not_reachable_here() -> None:
         route.resolve("team")
 
 
-def test_no_deployments_route_nothing() -> None:
-    with pytest.raises(NotFound) as caught:
-        Router([]).match("h", CHAT)
-
-    assert caught.value.code == "route_not_found"
-
-
 @pytest.mark.parametrize("configured", ["::1", "[::1]", "[::1]:8080"])
 def test_ipv6_literal_hosts_route_with_and_without_port(configured: str) -> None:
     router = Router([dep("v6", hosts=[configured]), dep("any")])
     assert router.match("[::1]:8080", CHAT).candidates[0].name == "v6"
     assert router.match("[::1]", CHAT).candidates[0].name == "v6"
     assert router.match("127.0.0.1:8080", CHAT).candidates[0].name == "any"
+
+
+def test_no_deployments_at_all_makes_every_model_unknown() -> None:
+    route = Router([]).match("api.example.com", "/v1/chat/completions")
+
+    with pytest.raises(NotFound) as caught:
+        route.resolve("smollm2")
+
+    assert caught.value.status == 404
+    assert caught.value.code == "model_not_found"
+    assert "'smollm2'" in caught.value.message
+    assert route.models() == []
+    with pytest.raises(NotFound) as elsewhere:
+        Router([]).match("api.example.com", "/healthz")
+    assert elsewhere.value.code == "route_not_found"

@@ -6,18 +6,21 @@ KEDA's ScaledObject CRD as KEDA publishes it.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
+from redis.asyncio import Redis
 
 from tests.kube.schemas import errors, keda_scaledobject_validator
 from tests.procs import ROOT
+from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment, load_deployments
-from tiffin.kube.render import RENDERED_KINDS, Platform, RenderError, labels, render, selector
+from tiffin.contracts.demand import read_demand
+from tiffin.contracts.queue import now_ms
+from tiffin.kube.render import COOLDOWN_S, RENDERED_KINDS, Platform, RenderError, labels, render, selector
 
 EXAMPLES = [ROOT / "examples" / "smollm2.yaml", ROOT / "examples" / "qwen-gpu.yaml"]
 # The oldest release still common in managed clusters, and the newest kubernetes-validate knows.
@@ -113,7 +116,8 @@ def test_scaled_objects_carry_the_yamls_scaling() -> None:
         section = dep.component(component)
         assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"qwen-{component}"}
         assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (section.min_replicas, section.max_replicas)
-        assert spec["cooldownPeriod"] == 600
+        # The idle period (600 s in the file) is the scaler's to apply, not KEDA's: see the test below.
+        assert spec["cooldownPeriod"] == COOLDOWN_S
         behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
         assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 120
         assert spec["triggers"] == [
@@ -317,11 +321,25 @@ def test_what_cannot_run_on_kubernetes_is_refused_naming_the_field(
     assert line.startswith(problem), line
 
 
-def test_cooldown_rounds_a_fractional_idle_period_up() -> None:
-    objects = render(_deployment(scaling={"idle_period_s": 0.5, "scale_down_window_s": 1.2}), Platform())
-    spec = by_kind(objects, "ScaledObject", "llm-runner")["spec"]
-    assert spec["cooldownPeriod"] == math.ceil(0.5)
-    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 2
+def test_the_cooldown_is_short_and_fixed_because_the_scaler_applies_the_idle_period() -> None:
+    # KEDA counts cooldownPeriod from the scaler's last `active`, which already lasts idle_period_s after the last
+    # request: back to zero must take one idle period (as under `tiffin up`), not two.
+    for idle in (0, 0.5, 300, 3600):
+        objects = render(_deployment(scaling={"idle_period_s": idle, "scale_down_window_s": 1.2}), Platform())
+        spec = by_kind(objects, "ScaledObject", "llm-runner")["spec"]
+        assert spec["cooldownPeriod"] == COOLDOWN_S
+        behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] == 2
+    # Short: within a couple of KEDA's polls of the scaler saying idle.
+    assert 2 * Platform().polling_interval_s >= COOLDOWN_S
+
+
+async def test_the_scaler_stays_active_for_the_idle_period_after_the_last_request(redis: Redis) -> None:
+    deployment = _deployment(scaling={"idle_period_s": 300})
+    await redis.set(keys.activity(deployment.name), now_ms() - 10_000)
+    assert (await read_demand(redis, deployment)).active(deployment.scaling.idle_period_s)
+    await redis.set(keys.activity(deployment.name), now_ms() - 301_000)
+    assert not (await read_demand(redis, deployment)).active(deployment.scaling.idle_period_s)
 
 
 def test_only_the_deployments_api_servers_reach_its_runners() -> None:

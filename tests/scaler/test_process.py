@@ -69,6 +69,28 @@ def test_a_bad_deployment_file_exits_with_its_problem(tmp_path: Path) -> None:
     assert f"{bad}: name:" in done.stderr
 
 
+async def test_an_empty_folder_serves_and_answers_not_found_for_every_deployment(
+    tmp_path: Path, redis_server: EmbeddedRedis, keda: Keda
+) -> None:
+    # An empty cluster: the controller's ConfigMap has no keys yet, so the mounted folder holds no file.
+    folder = tmp_path / "deployments"
+    folder.mkdir()
+    scaler = start_scaler(tmp_path, redis_server.url, [folder], poll_s=30)
+    try:
+        await asyncio.to_thread(scaler.wait_health)
+        async with grpc.aio.insecure_channel(scaler.address) as channel:
+            stub: Any = keda.grpc.ExternalScalerStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.IsActive(keda.ref("smollm2", "api"))
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "'smollm2'" in (caught.value.details() or "")
+            assert "(none)" in (caught.value.details() or "")
+    finally:
+        code = scaler.proc.stop()
+    assert code == 0, scaler.proc.log()[-4000:]
+    assert '"event": "no_deployments"' in scaler.proc.log()
+
+
 async def test_sigterm_ends_open_streams_and_exits_zero(
     tmp_path: Path, redis_server: EmbeddedRedis, keda: Keda
 ) -> None:

@@ -46,7 +46,9 @@ def _ago(seconds: float | None) -> str:
 
 def _replicas(component: dict[str, Any]) -> str:
     desired = component.get("desired")
-    return f"{component['ready']}/{'-' if desired is None else desired}"
+    shown = f"{component['ready']}/{'-' if desired is None else desired}"
+    cluster = component.get("cluster_ready")
+    return shown if cluster is None else f"{shown} k8s:{cluster}"  # on Kubernetes: the controller's count
 
 
 def _cold(record: dict[str, Any] | None) -> str:
@@ -73,6 +75,9 @@ def render(data: dict[str, Any]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.append("(API and RUNNER: ready/desired replicas; LAST REQUEST: since the last request arrived or finished)")
+    deployments = data.get("deployments", [])
+    if any(dep[c].get("cluster_ready") is not None for dep in deployments for c in ("api", "runner")):
+        lines.append("(k8s: pods Kubernetes reports ready; ready above counts replicas registered with tiffin)")
     for dep in data.get("deployments", []):
         last = dep.get("last_cold_start")
         if last:  # each phase in seconds since the waking request arrived

@@ -301,13 +301,13 @@ def parse_deployment(data: Any, source: Path, check_model: bool = True) -> Deplo
     return deployment
 
 
-def config_files(paths: list[Path]) -> list[Path]:
-    """Expand folders into their YAML files, in name order."""
+def config_files(paths: list[Path], allow_empty: bool = False) -> list[Path]:
+    """Expand folders into their YAML files, in name order; an empty folder is an error unless `allow_empty`."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
             found = sorted([*path.glob("*.yaml"), *path.glob("*.yml")])
-            if not found:
+            if not found and not allow_empty:
                 raise ConfigError([f"{path}: folder has no .yaml files"])
             files.extend(found)
         elif path.is_file():
@@ -317,15 +317,18 @@ def config_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def load_deployments(paths: list[Path], check_models: bool | None = None) -> list[Deployment]:
+def load_deployments(
+    paths: list[Path], check_models: bool | None = None, allow_empty: bool = False
+) -> list[Deployment]:
     """Load and validate every deployment file; report all problems at once.
 
     `check_models` (default: `check_model_folders()`) says whether model folders must exist on this machine.
+    `allow_empty` lets a folder hold no files (on Kubernetes the controller fills it; an empty cluster has none).
     """
     check = check_model_folders() if check_models is None else check_models
     problems: list[str] = []
     deployments: list[tuple[Path, Deployment]] = []
-    for file in config_files(paths):
+    for file in config_files(paths, allow_empty):
         try:
             data = yaml.safe_load(file.read_text())
         except yaml.YAMLError as exc:
@@ -343,13 +346,14 @@ def load_deployments(paths: list[Path], check_models: bool | None = None) -> lis
             deployments.append((file, parse_deployment(data, file, check)))
         except ConfigError as exc:
             problems.extend(exc.problems)
-    problems.extend(_conflicts(deployments))
+    problems.extend(conflicts(deployments))
     if problems:
         raise ConfigError(problems)
     return [d for _, d in deployments]
 
 
-def _conflicts(deployments: list[tuple[Path, Deployment]]) -> list[str]:
+def conflicts(deployments: list[tuple[Path, Deployment]]) -> list[str]:
+    """Problems of deployments that cannot be loaded together: a name or a route taken twice."""
     problems: list[str] = []
     names: dict[str, Path] = {}
     routes: dict[tuple[str, str, str], str] = {}

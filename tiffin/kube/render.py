@@ -30,6 +30,10 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 CONFIG_HASH_ANNOTATION = "tiffin.io/config-sha256"
 MAX_NAME = 63 - len("-runner")  # object names are NAME-api, NAME-runner, NAME-config, NAME-models
 HPA_MAX_WINDOW_S = 3600  # the HorizontalPodAutoscaler refuses a longer stabilization window
+COOLDOWN_S = 15
+"""The ScaledObjects' cooldownPeriod: KEDA waits this long after the scaler last said active before scaling to
+zero. Short and fixed because the scaler's IsActive already stays true for `scaling.idle_period_s` after the
+last request (tiffin.contracts.demand); a cooldown of the idle period would count it twice."""
 
 
 class RenderError(ConfigError):
@@ -263,7 +267,7 @@ def _scaled_object(deployment: Deployment, platform: Platform, component: str) -
             "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{name}-{component}"},
             "minReplicaCount": section.min_replicas,
             "maxReplicaCount": section.max_replicas,
-            "cooldownPeriod": math.ceil(deployment.scaling.idle_period_s),
+            "cooldownPeriod": COOLDOWN_S,
             "pollingInterval": platform.polling_interval_s,
             "advanced": {
                 "horizontalPodAutoscalerConfig": {

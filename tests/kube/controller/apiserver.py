@@ -6,7 +6,9 @@ controller makes with the shapes the real API server returns (recorded from it):
 - lists: `{kind: XList, apiVersion, metadata: {resourceVersion}, items}`;
 - watches: newline-delimited `{type: ADDED|MODIFIED|DELETED|BOOKMARK|ERROR, object}` after a resourceVersion;
   a version older than the compacted history gets an ERROR event holding a 410 `Expired` Status;
-- server-side apply (PATCH application/apply-patch+yaml with fieldManager; creates when absent), JSON merge
+- server-side apply (PATCH application/apply-patch+yaml with fieldManager; creates when absent; each field
+  manager's applied fields merge with the others', and a field it applied before and no longer applies goes;
+  lists are replaced whole, as atomic lists are), JSON merge
   patches of objects and of their `status` subresource, POST (409 AlreadyExists), PUT with optimistic
   concurrency (409 Conflict on a stale resourceVersion), DELETE honouring finalizers (deletionTimestamp first);
 - errors as `Status` objects: 404 NotFound, 409, 410, 429 TooManyRequests (Retry-After), 500 InternalError.
@@ -106,6 +108,7 @@ class FakeApiServer:
     faults: list[Fault] = field(default_factory=list)
     seen: list[Seen] = field(default_factory=list)
     missing_kinds: set[str] = field(default_factory=set)  # plurals whose CRD is "not installed"
+    applied: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (coll., name, manager)
     _watchers: dict[str, list[asyncio.Queue[Any]]] = field(default_factory=dict)
 
     # --- test controls ---------------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ class FakeApiServer:
         if request.method == "PATCH" and request.content_type == "application/apply-patch+yaml":
             if "fieldManager" not in request.query:
                 return _error(422, "Invalid", "PatchOptions.meta.k8s.io is invalid: fieldManager: Required value")
-            return await self._apply(collection, current, body, match["ns"])
+            return await self._apply(collection, current, body, match["ns"], request.query["fieldManager"])
         if request.method == "PATCH" and request.content_type == "application/merge-patch+json":
             if current is None:
                 return not_found
@@ -250,22 +253,20 @@ class FakeApiServer:
         return _error(415, "UnsupportedMediaType", f"unknown body format: {request.content_type}")
 
     async def _apply(
-        self, collection: str, current: dict[str, Any] | None, body: dict[str, Any], namespace: str
+        self, collection: str, current: dict[str, Any] | None, body: dict[str, Any], namespace: str, manager: str
     ) -> web.Response:
-        # One field manager, forced: what it applies replaces what it applied before. Fields other managers
-        # own stay: a Deployment's replicas (KEDA's HPA), and status.
-        new = copy.deepcopy(body)
+        # Forced: what a manager applies replaces what it applied before; fields other writers own stay (a
+        # Deployment's replicas from KEDA's HPA, status, another manager's annotation).
+        slot = (collection, body["metadata"]["name"], manager)
+        new = copy.deepcopy(current) if current is not None else {}
+        previous = self.applied.get(slot) if current is not None else None
+        if previous is not None:
+            new = _without(new, previous, body)
+        new = _merged(new, body)
         new["metadata"]["namespace"] = namespace
-        if current is not None:
-            if "status" in current:
-                new["status"] = current["status"]
-            for key in ("finalizers", "deletionTimestamp"):
-                if key in current["metadata"]:
-                    new["metadata"][key] = current["metadata"][key]
-            if body.get("kind") == "Deployment" and "replicas" not in body.get("spec", {}):
-                new.setdefault("spec", {})["replicas"] = current.get("spec", {}).get("replicas", 1)
-        elif body.get("kind") == "Deployment":
+        if current is None and body.get("kind") == "Deployment":
             new.setdefault("spec", {}).setdefault("replicas", 1)  # the API server's default
+        self.applied[slot] = copy.deepcopy(body)
         return web.json_response(self._store(collection, current, new), status=200 if current else 201)
 
     async def _watch(self, request: web.Request, collection: str) -> web.StreamResponse:
@@ -298,6 +299,26 @@ class FakeApiServer:
         finally:
             self._watchers[collection].remove(queue)
         return resp
+
+
+def _without(obj: dict[str, Any], previous: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """`obj` less the fields `previous` (a manager's last apply) set and `body` (its new one) does not."""
+    for key, value in previous.items():
+        if key not in body:
+            obj.pop(key, None)
+        elif isinstance(value, dict) and isinstance(body[key], dict) and isinstance(obj.get(key), dict):
+            obj[key] = _without(obj[key], value, body[key])
+    return obj
+
+
+def _merged(obj: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    """`body`'s fields set on `obj`: maps merge key by key, anything else (lists too) is replaced."""
+    for key, value in body.items():
+        if isinstance(value, dict) and isinstance(obj.get(key), dict):
+            obj[key] = _merged(obj[key], value)
+        else:
+            obj[key] = copy.deepcopy(value)
+    return obj
 
 
 def _conflict(plural: str, name: str) -> web.Response:

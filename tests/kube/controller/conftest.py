@@ -121,10 +121,12 @@ async def start_controller(cluster: Cluster, redis: Redis) -> AsyncIterator[Star
         renew_s: float = 0.4,
         watch_timeout_s: int = 5,
         resync_s: float = 600.0,
+        history_every_s: float = 5.0,
     ) -> Running:
         api = cluster.client()
         elector = LeaderElector(api, NAMESPACE, "tiffin-controller", identity, lease_duration_s, renew_s)
-        controller = Controller(api, redis, Platform(namespace=NAMESPACE), elector, watch_timeout_s, resync_s)
+        platform = Platform(namespace=NAMESPACE)
+        controller = Controller(api, redis, platform, elector, watch_timeout_s, resync_s, history_every_s)
         stop = asyncio.Event()
         handle = Running(controller, stop, asyncio.create_task(controller.run(stop), name=f"controller-{identity}"))
         running.append(handle)

@@ -25,13 +25,24 @@ def present(cluster: Cluster, obj: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def labelled(cluster: Cluster, deployment: str) -> list[str]:
-    """Every stored object carrying the deployment's label, as 'collection/name'."""
+    """Every stored object carrying the deployment's label, as 'collection/name', but its model cache (a PVC the
+    controller keeps on delete)."""
     return sorted(
         f"{collection}/{name}"
         for collection, items in cluster.fake.objects.items()
         for name, obj in items.items()
         if (obj["metadata"].get("labels") or {}).get("tiffin.io/deployment") == deployment
+        and obj["kind"] != "PersistentVolumeClaim"
     )
+
+
+def rendered_pruned(name: str, spec: dict[str, Any] = SPEC) -> list[dict[str, Any]]:
+    """What render returns for `name` that the controller owns and prunes (all but the model cache)."""
+    return [o for o in rendered(name, spec) if o["kind"] != "PersistentVolumeClaim"]
+
+
+def model_cache(cluster: Cluster, deployment: str) -> dict[str, Any] | None:
+    return cluster.fake.items("v1", "persistentvolumeclaims", NAMESPACE).get(f"{deployment}-models")
 
 
 async def applied(cluster: Cluster, name: str, generation: int) -> dict[str, Any] | None:
@@ -55,6 +66,9 @@ async def test_create_applies_every_rendered_object_owned_by_the_resource(
     for obj in rendered("smol"):
         stored = present(cluster, obj)
         assert stored is not None, f"{obj['kind']} {obj['metadata']['name']} was not applied"
+        if obj["kind"] == "PersistentVolumeClaim":  # the model cache outlives the resource: nothing owns it
+            assert "ownerReferences" not in stored["metadata"]
+            continue
         owner = stored["metadata"]["ownerReferences"][0]
         assert (owner["kind"], owner["name"], owner["uid"]) == ("TiffinDeployment", "smol", created["metadata"]["uid"])
         assert owner["controller"] is True
@@ -108,7 +122,14 @@ async def test_delete_prunes_everything_then_releases_the_resource(
 
     await eventually(gone, "the resource is gone once its finalizer is removed")
     assert labelled(cluster, "smol") == []
-    assert len(labelled(cluster, "other")) == len(rendered("other"))
+    assert len(labelled(cluster, "other")) == len(rendered_pruned("other"))
+    # The model cache stays (weights take long to download), and a resource made again finds it.
+    cache = model_cache(cluster, "smol")
+    assert cache is not None
+    await cluster.create("smol", SPEC)
+    await eventually(lambda: applied(cluster, "smol", 1), "smol applied again")
+    again = model_cache(cluster, "smol")
+    assert again is not None and again["metadata"]["uid"] == cache["metadata"]["uid"]
 
 
 async def test_an_invalid_spec_is_reported_by_field_and_a_fix_applies(
@@ -131,7 +152,7 @@ async def test_an_invalid_spec_is_reported_by_field_and_a_fix_applies(
 
     await cluster.api.merge_patch(RESOURCES, "smol", {"spec": {"runner": {"max_replicas": 1}, "colour": None}})
     await eventually(lambda: applied(cluster, "smol", 2), "the fixed spec is applied")
-    assert len(labelled(cluster, "smol")) == len(rendered("smol"))
+    assert len(labelled(cluster, "smol")) == len(rendered_pruned("smol"))
 
 
 async def test_a_workload_deleted_by_hand_comes_back(cluster: Cluster, start_controller: StartController) -> None:

@@ -1,7 +1,8 @@
 """The controller against a real Kubernetes API, when KUBECONFIG names a reachable one (skipped otherwise).
 
 Needs the TiffinDeployment CRD (applied from deploy/base/crds/ when absent and the file exists) and KEDA's
-ScaledObject CRD. Works in a fresh namespace, deleted afterwards. Create, update with pruning, delete.
+ScaledObject CRD. Works in a fresh namespace, deleted afterwards. Create, update with pruning, delete (the
+deployments ConfigMap follows; the model cache stays).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ async def test_create_update_delete_on_a_real_cluster(real_api: tuple[KubeApi, s
                 "spec": {"model": "smollm2"}}  # fmt: skip
         await api.request("POST", resources.path(), body=body)
         await eventually(lambda: applied(1), "applied", deadline_s=120)
+        catalog = await api.get(configmaps, "tiffin-deployments")
+        assert catalog is not None and list(catalog["data"]) == ["smol.yaml"]
         stale = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "smol-stale", "labels": {
             "app.kubernetes.io/managed-by": "tiffin", "tiffin.io/deployment": "smol"}}}  # fmt: skip
         await api.request("POST", configmaps.path(), body=stale)
@@ -106,6 +109,9 @@ async def test_create_update_delete_on_a_real_cluster(real_api: tuple[KubeApi, s
 
         await eventually(gone, "deleted", deadline_s=120)
         assert (await api.list(configmaps, selector))["items"] == []
+        catalog = await api.get(configmaps, "tiffin-deployments")
+        assert catalog is not None and not catalog.get("data")
+        assert await api.get(Resource("v1", "persistentvolumeclaims", namespace), "smol-models") is not None
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

@@ -6,13 +6,18 @@ on the API test double.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from redis.asyncio import Redis
 
 from tests.kube.controller.conftest import NAMESPACE, Cluster, StartController, eventually
 from tests.kube.controller.test_lifecycle import SPEC, applied
+from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment
+from tiffin.contracts.dashboard import read_series
+from tiffin.contracts.frames import Envelope
+from tiffin.contracts.queue import DeploymentQueue, now_ms
 from tiffin.contracts.status import read_status
 from tiffin.kube.controller.kubeapi import Resource
 
@@ -85,3 +90,64 @@ async def test_desired_and_ready_replicas_are_written_to_redis_and_the_ready_con
     resource_status = await eventually(resource_ready, "the resource's status shows 1/1 runner")
     ready = next(c for c in resource_status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "ReplicasReady")
+
+
+async def test_the_first_pod_marks_replica_started_and_the_history_follows_the_cluster(
+    cluster: Cluster, start_controller: StartController, redis: Redis
+) -> None:
+    await start_controller(history_every_s=0.2)
+    await cluster.create("cold", SPEC)
+    await eventually(lambda: applied(cluster, "cold", 1), "cold applied")
+    runner = await workload(cluster, "cold", "runner")
+    for component in ("api", "runner"):
+        name = await workload(cluster, "cold", component)
+        await cluster.api.merge_patch(DEPLOYMENTS, name, {"spec": {"replicas": 0}})
+    deployment = Deployment.model_validate({"name": "cold", **SPEC})
+
+    async def at_zero() -> bool:
+        status = await read_status(redis, deployment)
+        return status.api.desired == 0 and status.runner.desired == 0
+
+    await eventually(at_zero, "both components at zero in Redis")
+
+    # A request finds the deployment cold: its enqueue opens the cold start's phases.
+    envelope = Envelope(
+        request_id="waker",
+        reply_to=keys.reply("interceptor-test"),
+        path="/v1/chat/completions",
+        body=b'{"model": "cold"}',
+        enqueued_ms=now_ms(),
+        wait_deadline_ms=now_ms() + 60_000,
+    )
+    admission = await DeploymentQueue(redis, "cold").admit(envelope, max_waiting=10, ttl_s=60)
+    assert admission.woke
+    phases = keys.cold_start_phases("cold")
+
+    # KEDA's HPA wants a runner: no pod exists yet, so the replica has not started.
+    await cluster.api.merge_patch(DEPLOYMENTS, runner, {"spec": {"replicas": 1}})
+
+    async def wanted() -> bool:
+        return (await read_status(redis, deployment)).runner.desired == 1
+
+    await eventually(wanted, "desired runner 1 in Redis")
+    assert await redis.hget(phases, "replica_started") is None
+
+    # The ReplicaSet creates the pod (status.replicas 1, not ready yet): the replica has started.
+    await cluster.api.merge_patch(DEPLOYMENTS, runner, {"status": {"replicas": 1}}, "status")
+
+    async def started() -> Any:
+        return await redis.hget(phases, "replica_started")
+
+    await eventually(started, "replica_started marked in the cold start's phases")
+
+    # The dashboard's replica history shows the cluster's counts, and keeps sampling them with no change
+    # (a step hash removed by hand is written again by the periodic sample).
+    await cluster.api.merge_patch(DEPLOYMENTS, runner, {"status": {"readyReplicas": 1}}, "status")
+
+    async def charted() -> bool:
+        series = await read_series(redis, "cold", time.time())
+        return series["runner_ready"][-1] == 1 and series["runner_desired"][-1] == 1 and series["api_desired"][-1] == 0
+
+    await eventually(charted, "runner 1/1 and api 0 in the history's current step")
+    await redis.delete(*[k async for k in redis.scan_iter(match=keys.history_steps("cold") + "*")])
+    await eventually(charted, "sampled again without any change in the cluster")

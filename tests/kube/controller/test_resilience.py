@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tests.kube.controller.conftest import LEASES, RESOURCES, Cluster, StartController, eventually
-from tests.kube.controller.test_lifecycle import SPEC, applied, labelled, rendered
+from tests.kube.controller.test_lifecycle import SPEC, applied, labelled, rendered_pruned
 
 
 def versions(cluster: Cluster, deployment: str) -> dict[str, str]:
@@ -46,7 +46,7 @@ async def test_a_restarted_controller_catches_up_on_what_changed_while_it_was_do
 
     await eventually(deleted, "the resource deleted while down is pruned and released")
     assert labelled(cluster, "deleted") == []
-    assert len(labelled(cluster, "added")) == len(rendered("added"))
+    assert len(labelled(cluster, "added")) == len(rendered_pruned("added"))
     # Idempotent: applying an unchanged resource again leaves its objects exactly as they were.
     assert versions(cluster, "steady") == before
 
@@ -64,7 +64,7 @@ async def test_api_errors_back_off_and_the_work_completes_after(
     assert all(f.times == 0 for f in cluster.fake.faults), "every injected error was met"
     configmap_patches = [s for s in cluster.fake.applies() if "/configmaps/" in s.path]
     assert len(configmap_patches) >= 4, "three refused applies, then one that went through"
-    assert len(labelled(cluster, "smol")) == len(rendered("smol"))
+    assert len(labelled(cluster, "smol")) == len(rendered_pruned("smol"))
 
 
 async def test_an_expired_watch_lists_again_and_misses_nothing(

@@ -14,6 +14,7 @@ from tests.interceptor.test_dashboard_api import deployments, warm_up
 from tiffin.cli.status import duration, show_status
 from tiffin.contracts import keys
 from tiffin.contracts.runnerpool import PoolReport, write_report
+from tiffin.contracts.status import write_cluster_ready
 
 
 @pytest.mark.parametrize(
@@ -74,3 +75,27 @@ async def test_status_shows_the_runner_pool_s_memory(redis: Redis, capsys: pytes
     shown = "runner pool: ready, 600 MiB resident (450 MiB proportional), 2 runner(s) started from it, 1 plainly"
     assert shown in table
     assert json.loads(as_json)["runner_pool"]["rss_bytes"] == 600 * 2**20
+
+
+async def test_on_kubernetes_the_table_shows_the_clusters_ready_pods(
+    redis: Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await warm_up(redis)
+    # The controller's copy of the cluster's counts: two API pods ready while one has registered so far.
+    await write_cluster_ready(redis, "small", "api", 2)
+    async with running_edge(redis, deployments()) as edge:
+        capsys.readouterr()
+        assert await asyncio.to_thread(show_status, edge.admin, False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    small = lines[1].split()
+    assert small[:5] == ["small", "warm", "1/1", "k8s:2", "1/1"]  # the runner's count: none reported
+    assert "(k8s: pods Kubernetes reports ready; ready above counts replicas registered with tiffin)" in lines
+
+
+async def test_off_kubernetes_the_table_has_no_cluster_counts(redis: Redis, capsys: pytest.CaptureFixture[str]) -> None:
+    await warm_up(redis)
+    async with running_edge(redis, deployments()) as edge:
+        capsys.readouterr()
+        assert await asyncio.to_thread(show_status, edge.admin, False) == 0
+    out = capsys.readouterr().out
+    assert "k8s" not in out

@@ -494,3 +494,10 @@ def test_problems_in_several_files_are_reported_at_once(tmp_path: Path) -> None:
     assert by_file[str(listed)][0].startswith(f"{listed}: (top level): ")
     assert by_file[str(dup)][0].startswith(f"{dup}: name: 'dup' is also the name in ")
     assert by_file[str(folder)][0].startswith(f"{folder}: model: folder ")
+
+
+def test_an_empty_folder_is_no_deployments_when_allowed(tmp_path: Path) -> None:
+    # The interceptor and the scaler on an empty cluster; `tiffin up` and `tiffin check` still refuse it.
+    assert load_deployments([tmp_path], allow_empty=True) == []
+    with pytest.raises(ConfigError):
+        load_deployments([tmp_path / "absent"], allow_empty=True)

@@ -44,11 +44,18 @@ def condition(
 
 
 def ready_condition(
-    applied: dict[str, Any], counts: dict[keys.Component, Counts], generation: int, previous: list[dict[str, Any]]
+    applied: dict[str, Any],
+    counts: dict[keys.Component, Counts],
+    generation: int,
+    previous: list[dict[str, Any]],
+    left_out: str | None = None,
 ) -> dict[str, Any]:
-    """Ready: applied, and every component has as many ready replicas as it wants (zero wanted is ready)."""
+    """Ready: applied, served by the interceptors (not `left_out` of their deployments ConfigMap, whose reason it
+    is), and every component has as many ready replicas as it wants (zero wanted is ready)."""
     if applied["status"] != "True":
         return condition("Ready", False, applied["reason"], applied["message"], generation, previous)
+    if left_out is not None:
+        return condition("Ready", False, "RouteTaken", left_out, generation, previous)
     missing = [c for c in keys.COMPONENTS if c not in counts]
     if missing:
         return condition("Ready", False, "WorkloadsMissing", f"no Deployment for {', '.join(missing)} yet",
@@ -63,11 +70,15 @@ def ready_condition(
 
 
 def status_body(
-    generation: int, applied: dict[str, Any], counts: dict[keys.Component, Counts], previous: list[dict[str, Any]]
+    generation: int,
+    applied: dict[str, Any],
+    counts: dict[keys.Component, Counts],
+    previous: list[dict[str, Any]],
+    left_out: str | None = None,
 ) -> dict[str, Any]:
     """The whole status subresource the controller writes."""
     return {
         "observedGeneration": generation,
-        "conditions": [applied, ready_condition(applied, counts, generation, previous)],
+        "conditions": [applied, ready_condition(applied, counts, generation, previous, left_out)],
         "replicas": {c: {"desired": n.desired, "ready": n.ready} for c, n in sorted(counts.items())},
     }

@@ -168,10 +168,10 @@ class KubeApi:
         query = {"labelSelector": label_selector} if label_selector else None
         return await self.request("GET", resource.path(), query)
 
-    async def apply(self, obj: dict[str, Any], namespace: str) -> dict[str, Any]:
-        """Server-side apply as `tiffin-controller`, forcing ownership of the fields it sets."""
+    async def apply(self, obj: dict[str, Any], namespace: str, manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        """Server-side apply as `manager` (`tiffin-controller`), forcing ownership of the fields it sets."""
         resource = Resource.of(obj, namespace)
-        query = {"fieldManager": FIELD_MANAGER, "force": "true"}
+        query = {"fieldManager": manager, "force": "true"}
         path = resource.path(obj["metadata"]["name"])
         return await self.request("PATCH", path, query, obj, "application/apply-patch+yaml")
 

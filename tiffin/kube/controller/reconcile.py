@@ -7,6 +7,13 @@ explicit and observable (and testable without a garbage collector).
 
 An invalid spec does not crash or retry in a loop: it is reported in the `Applied` condition, naming the field,
 and the objects of the last valid spec keep serving.
+
+The model cache a deployment's render creates (its PersistentVolumeClaim) is the one exception: it is neither
+owned nor pruned, so deleting a TiffinDeployment (or changing its cache) never deletes downloaded weights; a
+TiffinDeployment created again under the same name finds its cache. `kubectl delete pvc NAME-models` frees it.
+
+Every valid spec's YAML also goes into the deployments ConfigMap the interceptor and scaler read (`Catalog`);
+an invalid one keeps its last valid YAML there, as its objects keep serving.
 """
 
 from __future__ import annotations
@@ -21,10 +28,11 @@ from pydantic import ValidationError
 from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.exceptions import ConfigError
+from tiffin.kube.controller.catalog import Catalog
 from tiffin.kube.controller.conditions import Counts, condition, status_body
 from tiffin.kube.controller.kubeapi import KubeApi, KubeApiError, Resource
 from tiffin.kube.controller.replicas import LABEL_DEPLOYMENT, MANAGED, counts_of
-from tiffin.kube.render import RENDERED_KINDS, Platform, render
+from tiffin.kube.render import RENDERED_KINDS, Platform, config_yaml, render
 
 log = structlog.get_logger("tiffin.kube.controller.reconcile")
 
@@ -32,9 +40,14 @@ GROUP_VERSION = "tiffin.io/v1alpha1"
 KIND = "TiffinDeployment"
 FINALIZER = "tiffin.io/cleanup"
 
+# Kept on delete and on change: the model cache (weights take long to download; see the module's docstring).
+KEPT_KINDS = frozenset({("v1", "PersistentVolumeClaim")})
+
 # Every kind `render` may return, listed when pruning (a kind a new render no longer returns at all must
-# still be found). Listing a kind whose CRD is absent (404) is skipped.
-PRUNE_KINDS: tuple[tuple[str, str], ...] = tuple((api_version, kind) for api_version, kind, _ in RENDERED_KINDS)
+# still be found), but the kept ones. Listing a kind whose CRD is absent (404) is skipped.
+PRUNE_KINDS: tuple[tuple[str, str], ...] = tuple(
+    (api_version, kind) for api_version, kind, _ in RENDERED_KINDS if (api_version, kind) not in KEPT_KINDS
+)
 
 ObjectKey = tuple[str, str, str]  # apiVersion, kind, name
 
@@ -71,13 +84,18 @@ def deployment_of(resource: dict[str, Any]) -> tuple[Deployment, str]:
     return deployment, yaml.safe_dump(data, sort_keys=False)
 
 
-def manifests(resource: dict[str, Any], platform: Platform) -> list[dict[str, Any]]:
-    """What the resource renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
+def rendered(resource: dict[str, Any], platform: Platform) -> tuple[Deployment, list[dict[str, Any]]]:
+    """The deployment and what it renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
     deployment, source = deployment_of(resource)
     try:
-        return render(deployment, platform, source)
+        return deployment, render(deployment, platform, source)
     except ConfigError as exc:  # render's own `field: problem` lines, relative to the deployment file
         raise InvalidSpec([_field_of(p) for p in exc.problems]) from exc
+
+
+def manifests(resource: dict[str, Any], platform: Platform) -> list[dict[str, Any]]:
+    """What the resource renders to; `InvalidSpec` when its spec is invalid or cannot run on Kubernetes."""
+    return rendered(resource, platform)[1]
 
 
 def _field_of(problem: str) -> str:
@@ -91,10 +109,13 @@ def key_of(obj: dict[str, Any]) -> ObjectKey:
 class Reconciler:
     """Brings the cluster to what each TiffinDeployment renders to; a watch `Handler` for the resources."""
 
-    def __init__(self, api: KubeApi, platform: Platform) -> None:
+    def __init__(self, api: KubeApi, platform: Platform, catalog: Catalog | None = None) -> None:
         self.api = api
         self.platform = platform
         self.namespace = platform.namespace
+        self.catalog = catalog or Catalog(api, platform.namespace)
+        self.entries: dict[str, str] = {}  # name -> YAML of its last valid spec, what the catalog should hold
+        self._reported: dict[str, str] = {}  # the catalog's left-out names the Ready conditions were refreshed for
         self.resources = Resource(GROUP_VERSION, "tiffindeployments", platform.namespace)
         self.counts: dict[str, dict[keys.Component, Counts]] = {}
         self._done: dict[str, int] = {}  # uid -> generation applied by this process
@@ -113,8 +134,12 @@ class Reconciler:
         self._done.clear()
         self._written.clear()  # the list is fresh: compare with what it shows
         self._live = {item["metadata"]["name"]: item for item in items}
+        # What the ConfigMap holds for resources still here: an invalid spec keeps its last valid YAML there.
+        carried = await self.catalog.entries()
+        self.entries = {name: text for name, text in carried.items() if name in self._live}
         for item in items:
             await self.reconcile(item)
+        await self._publish()
 
     async def changed(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj["metadata"]
@@ -123,16 +148,33 @@ class Reconciler:
             self._done.pop(meta.get("uid", ""), None)
             for memo in (self._locks, self._applied, self._written):
                 memo.pop(meta["name"], None)
+            self.entries.pop(meta["name"], None)
+            await self._publish()
             return
         self._live[meta["name"]] = obj
         # A status-only change (our own status patch among them) does not move the generation.
         if not meta.get("deletionTimestamp") and self._done.get(meta.get("uid", "")) == meta.get("generation"):
             return
         await self.reconcile(obj)
+        await self._publish()
+
+    async def _publish(self) -> None:
+        """Write the deployments ConfigMap; refresh the Ready condition of each resource it newly leaves out or
+        takes back (not under a resource's lock: it takes theirs)."""
+        await self.catalog.publish(dict(self.entries))
+        # Compared with what the statuses were last refreshed for (a deletion publishes under its own lock).
+        before, after = self._reported, dict(self.catalog.left_out)
+        self._reported = after
+        for name in sorted(set(before) | set(after)):
+            if before.get(name) != after.get(name):
+                await self._refresh(name)
 
     async def counts_changed(self, name: str, counts: dict[keys.Component, Counts]) -> None:
         """The replica sync saw new counts: refresh the resource's Ready condition and replica columns."""
         self.counts[name] = counts
+        await self._refresh(name)
+
+    async def _refresh(self, name: str) -> None:
         async with self._lock(name):
             resource = self._live.get(name)
             if resource is None or resource["metadata"].get("deletionTimestamp") or name not in self._applied:
@@ -142,10 +184,14 @@ class Reconciler:
 
     async def workload_deleted(self, name: str) -> None:
         """A workload of `name` went away: put it back unless its resource is going too (or the render dropped it)."""
-        resource = self._live.get(name)
-        if resource is None or resource["metadata"].get("deletionTimestamp"):
+        if name not in self._live:
             return
         try:
+            # Read afresh: this runs on the workloads' watch, which may be ahead of the resources' watch, and a
+            # stale copy (its finalizer not yet seen) would make the conditional finalizer patch fail with 409.
+            resource = await self.api.get(self.resources, name)
+            if resource is None or resource["metadata"].get("deletionTimestamp"):
+                return
             await self.reconcile(resource)
         except KubeApiError as exc:  # not this watch's to retry: the next resync reconciles it again
             log.warning("reconcile_failed", deployment=name, error=str(exc))
@@ -169,7 +215,7 @@ class Reconciler:
         if FINALIZER not in (meta.get("finalizers") or []):
             resource = await self._set_finalizers(resource, [*(meta.get("finalizers") or []), FINALIZER])
         try:
-            objects = manifests(resource, self.platform)
+            deployment, objects = rendered(resource, self.platform)
         except InvalidSpec as exc:
             log.warning("spec_invalid", deployment=name, problems=exc.problems)
             await self._write_status(
@@ -177,6 +223,7 @@ class Reconciler:
             )
             self._done[meta["uid"]] = generation
             return
+        self.entries[name] = config_yaml(deployment)
         try:
             applied, pruned = await self._apply(resource, objects)
         except KubeApiError as exc:
@@ -207,12 +254,13 @@ class Reconciler:
         for obj in objects:
             obj_meta = obj.setdefault("metadata", {})
             obj_meta["namespace"] = self.namespace
-            obj_meta["ownerReferences"] = [owner]
+            if (obj["apiVersion"], obj["kind"]) not in KEPT_KINDS:  # owned: the garbage collector would delete it
+                obj_meta["ownerReferences"] = [owner]
             answer = await self.api.apply(obj, self.namespace)
             found = counts_of(answer) if answer.get("kind") == "Deployment" else None
             if found is not None:
                 self.counts.setdefault(found[0], {})[found[1]] = found[2]
-        kinds = {(a, k) for a, k in PRUNE_KINDS} | {(o["apiVersion"], o["kind"]) for o in objects}
+        kinds = ({(a, k) for a, k in PRUNE_KINDS} | {(o["apiVersion"], o["kind"]) for o in objects}) - KEPT_KINDS
         pruned = await self._prune(meta["name"], {key_of(o) for o in objects}, kinds)
         return len(objects), pruned
 
@@ -242,6 +290,9 @@ class Reconciler:
         finalizers = meta.get("finalizers") or []
         if FINALIZER not in finalizers:
             return
+        # Out of the catalog first: the interceptors stop taking its requests before its workloads go.
+        self.entries.pop(meta["name"], None)
+        await self.catalog.publish(dict(self.entries))
         pruned = await self._prune(meta["name"], set(), set(PRUNE_KINDS))
         await self._set_finalizers(resource, [f for f in finalizers if f != FINALIZER])
         self.counts.pop(meta["name"], None)
@@ -267,7 +318,8 @@ class Reconciler:
         name = resource["metadata"]["name"]
         self._applied[name] = (applied, generation)
         current = self._status(resource)
-        body = status_body(generation, applied, self.counts.get(name, {}), current.get("conditions") or [])
+        previous = current.get("conditions") or []
+        body = status_body(generation, applied, self.counts.get(name, {}), previous, self.catalog.left_out.get(name))
         if current == body:
             return
         try:

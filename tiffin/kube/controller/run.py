@@ -29,6 +29,7 @@ class Controller:
         elector: LeaderElector,
         watch_timeout_s: int = 300,
         resync_s: float = 600.0,
+        history_every_s: float = 5.0,
     ) -> None:
         self.api = api
         self.redis = redis
@@ -36,6 +37,7 @@ class Controller:
         self.elector = elector
         self.watch_timeout_s = watch_timeout_s
         self.resync_s = resync_s
+        self.history_every_s = history_every_s
         self.reconciler: Reconciler | None = None  # the current term's (tests read its state)
         self.watchers: list[Watcher] = []
 
@@ -56,6 +58,7 @@ class Controller:
             Watcher(self.api, workloads, sync, label_selector=MANAGED, watch_timeout_s=self.watch_timeout_s),
         ]
         tasks = [asyncio.create_task(w.run(term), name=f"watch-{w.resource.plural}") for w in self.watchers]
+        tasks.append(asyncio.create_task(sync.record_history(term, self.history_every_s), name="replica-history"))
         ended = asyncio.create_task(term.wait(), name="term")
         try:
             await asyncio.wait([*tasks, ended], return_when=asyncio.FIRST_COMPLETED)
