@@ -24,6 +24,7 @@ from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
 from interceptor.withdrawals import PendingWithdrawals
+from tiffin.contracts import keys
 from tiffin.contracts.coldstart import ColdStart, end_wake
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.errors import error_response, sse_error_event
@@ -345,6 +346,11 @@ class Relay:
         self, deployment: str, queue: DeploymentQueue, slot: Slot | None, request_id: str, wake_open: bool, forget: bool
     ) -> None:
         """What a finished request leaves in Redis, best effort: each piece also lapses by itself."""
+        if forget and not wake_open:  # the usual end: the slot and the request state go in one round trip
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.edge.redis_timeout_s):
+                    await self.gate.release(slot, also_delete=keys.request(request_id))
+            return
         await self.gate.release(slot)
         if wake_open:
             # It ended without a head (wait deadline, client gone, error frame): let the next cold
@@ -401,7 +407,13 @@ class Relay:
         deployment: Deployment,
         outcome: Outcome,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=head.status)
+        sse = head.headers.get("content-type", "").startswith("text/event-stream")
+        backlog = [] if sse else inbox.take_ready()
+        body = None if sse else whole_body(backlog, head.by)
+        # A whole non-streamed answer (its proxy writes it in one step, so it is all here) goes out in one write.
+        response = (
+            web.StreamResponse(status=head.status) if body is None else web.Response(status=head.status, body=body)
+        )
         for name in REPLY_HEADERS:
             if name in head.headers:
                 response.headers[name] = head.headers[name]
@@ -410,14 +422,18 @@ class Relay:
             response.headers[COLD_START_HEADER] = str(outcome.cold_start_ms)
         if outcome.cold_start is not None:
             response.headers[COLD_START_PHASES_HEADER] = outcome.cold_start.header()
+        if isinstance(response, web.Response):
+            return await self._send_whole(request, inbox, response, outcome)
         await response.prepare(request)
-        sse = head.headers.get("content-type", "").startswith("text/event-stream")
         gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
         last_seq = 0
         while True:
             try:
-                async with asyncio.timeout(gap):
-                    frame = await inbox.get()
+                if backlog:
+                    frame = backlog.pop(0)
+                else:
+                    async with asyncio.timeout(gap):
+                        frame = await inbox.get()
             except TimeoutError:
                 frame = Frame.fail(outcome.request_id, head.by, 504, "the reply stalled", "upstream_timeout")
             if inbox.overflowed:
@@ -456,6 +472,19 @@ class Relay:
                     request.transport.close()
                 outcome.sent = True
                 return response
+        try:
+            async with inbox.writing(self.edge.write_timeout_s):
+                await response.write_eof()
+        except TimeoutError as exc:
+            raise _SlowReader(response) from exc
+        outcome.sent = True
+        return response
+
+    async def _send_whole(
+        self, request: web.Request, inbox: Inbox, response: web.Response, outcome: Outcome
+    ) -> web.StreamResponse:
+        """Headers and body in one write, within the write deadline."""
+        await response.prepare(request)  # headers are held until the body goes with them
         try:
             async with inbox.writing(self.edge.write_timeout_s):
                 await response.write_eof()
@@ -519,6 +548,27 @@ def _observe_cold_start(deployment: str, record: ColdStart | None) -> None:
     metrics.COLD_START.labels(deployment).observe(record.total_ms / 1000)
     for phase, ms in record.phases.items():
         metrics.COLD_START_PHASE.labels(deployment, phase).observe(ms / 1000)
+
+
+def whole_body(frames: list[Frame], by: str) -> bytes | None:
+    """The body of a non-streamed answer if `frames` hold all of it up to its end (None: relay it as it comes).
+
+    Follows the relay's rules: frames of `by` only, each numbered chunk once; an error frame means no."""
+    parts: list[bytes] = []
+    last_seq = 0
+    for frame in frames:
+        if frame.by != by:
+            continue
+        if frame.kind is FrameKind.END:
+            return b"".join(parts)
+        if frame.kind is not FrameKind.CHUNK:
+            return None
+        if frame.seq:
+            if frame.seq <= last_seq:
+                continue
+            last_seq = frame.seq
+        parts.append(frame.data)
+    return None
 
 
 def sse_error_code(data: bytes) -> str | None:
