@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -13,6 +12,8 @@ import aiohttp
 import structlog
 from redis.exceptions import RedisError
 
+from proxy.chunks import ChunkWriter
+from proxy.chunks import ReplyGone as _ReplyGone
 from tiffin.common.backoff import Backoff, is_nogroup
 from tiffin.common.probe import wait_until_ok
 from tiffin.contracts.config import Deployment
@@ -34,10 +35,6 @@ _READ_BLOCK_MS = 1000
 _CONNECT_RETRIES = 3
 _UPSTREAM_RECHECK_S = 0.5
 _OUTAGE_ATTEMPTS = 3  # a request is served again after at most this many Redis outages during its handling
-
-
-class _ReplyGone(Exception):
-    """The interceptor that accepted the request died: nobody can read the rest of the reply."""
 
 
 class _NotServed(Exception):
@@ -354,17 +351,9 @@ class Proxy:
                                 return "answered"
                         await self._start(envelope, head)
                         head_sent = True
-                        seq = itertools.count(1)  # numbered: the interceptor drops a chunk whose XADD ran twice
-                        for data in first:
-                            chunk = Frame.chunk(rid, self.replica_id, data, next(seq))
-                            if not await self.queue.send(envelope.reply_to, chunk):
-                                raise _ReplyGone
-                        async for data in chunks:
-                            chunk = Frame.chunk(rid, self.replica_id, data, next(seq))
-                            if not await self.queue.send(envelope.reply_to, chunk):
-                                raise _ReplyGone  # leaving the block closes the upstream call: its work stops
-                        await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
-                        return "forwarded"
+                        await self._relay_chunks(envelope, first, chunks)  # ReplyGone: leaving stops the upstream call
+                        await self.queue.end(delivery, Frame.end(rid, self.replica_id))
+                        return "answered"  # the end frame and the acknowledgement went together
                 except aiohttp.ClientConnectorError as exc:
                     # Nothing reached the API server: safe to try again shortly, or to leave to another replica.
                     if attempt == _CONNECT_RETRIES - 1:
@@ -400,6 +389,23 @@ class Proxy:
             log.warning("upstream_failed", request_id=rid, head_sent=head_sent, error=repr(exc))
             await self._fail(envelope.reply_to, rid, 502, "the API server failed", code)
         return "forwarded"
+
+    async def _relay_chunks(self, envelope: Envelope, first: list[bytes], chunks: AsyncIterator[bytes]) -> None:
+        """Every piece of the body as chunk frames, in order; what was read before an upstream failure goes out
+        before it is reported."""
+        writer = ChunkWriter(self.queue, envelope.reply_to, envelope.request_id, self.replica_id)
+        try:
+            try:
+                for data in first:
+                    await writer.put(data)
+                async for data in chunks:
+                    await writer.put(data)
+            except (aiohttp.ClientError, TimeoutError):
+                await writer.flush()
+                raise
+            await writer.flush()
+        finally:
+            writer.abort()  # nothing left after a flush; a write still in flight when cut short is stopped
 
     @staticmethod
     async def _read_whole(chunks: AsyncIterator[bytes]) -> list[bytes]:

@@ -468,6 +468,20 @@ class DeploymentQueue:
         )
         return written is not None
 
+    async def end(self, delivery: Delivery, frame: Frame) -> bool:
+        """A stream's last frame, and its entry acknowledged and its saved result dropped (as `finish`), in one
+        transaction. Returns False if the reply stream is gone (the entry is acknowledged all the same)."""
+        envelope = delivery.envelope
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(envelope.reply_to, frame.to_fields(), maxlen=REPLY_STREAM_MAXLEN, approximate=True,  # type: ignore[arg-type]
+                      nomkstream=True)  # fmt: skip
+            pipe.xack(self.key, keys.GROUP, delivery.entry_id)
+            pipe.xdel(self.key, delivery.entry_id)
+            pipe.delete(keys.result(envelope.request_id))
+            pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
+            written, *_ = await pipe.execute()
+        return written is not None
+
     async def reply_open(self, reply_to: str) -> bool:
         """Whether the interceptor behind `reply_to` is still there to read a reply."""
         return bool(await self.redis.exists(reply_to))
