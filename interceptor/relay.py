@@ -427,7 +427,13 @@ class Relay:
         await response.prepare(request)
         gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
         last_seq = 0
+        out: list[bytes] = []  # chunks taken but not yet written: those that came together go out in one write
         while True:
+            if not backlog:
+                backlog = inbox.take_ready()
+            if not backlog and out:
+                await self._write_out(response, inbox, out, outcome, sse)
+                continue  # more may have come meanwhile
             try:
                 if backlog:
                     frame = backlog.pop(0)
@@ -446,8 +452,7 @@ class Relay:
                     continue  # the same chunk written twice (a retried XADD): relayed once
                 last_seq = frame.seq
             if frame.kind is FrameKind.CHUNK:
-                await self._write(response, inbox, frame.data)
-                outcome.delivered = sse and frame.data.endswith(SSE_DONE)
+                out.append(frame.data)
                 if sse and outcome.error is None and (error := sse_error_code(frame.data)) is not None:
                     # An error event written upstream (the API server's when its runner died, or the engine's
                     # own): the stream ends cleanly on the wire, but broken; the log and metrics say so.
@@ -462,6 +467,7 @@ class Relay:
                 if outcome.error is None:
                     outcome.error, outcome.detail = code, "stream_broken"
                     metrics.STREAMS_BROKEN.labels(deployment.name, code).inc()
+                await self._write_out(response, inbox, out, outcome, sse)
                 if sse:
                     message = str(frame.error.get("message"))
                     await self._write(response, inbox, sse_error_event(message, code))
@@ -472,6 +478,7 @@ class Relay:
                     request.transport.close()
                 outcome.sent = True
                 return response
+        await self._write_out(response, inbox, out, outcome, sse)
         try:
             async with inbox.writing(self.edge.write_timeout_s):
                 await response.write_eof()
@@ -492,6 +499,16 @@ class Relay:
             raise _SlowReader(response) from exc
         outcome.sent = True
         return response
+
+    async def _write_out(
+        self, response: web.StreamResponse, inbox: Inbox, out: list[bytes], outcome: Outcome, sse: bool
+    ) -> None:
+        """Write the chunks taken so far in one write (and empty `out`)."""
+        if not out:
+            return
+        await self._write(response, inbox, b"".join(out) if len(out) > 1 else out[0])
+        outcome.delivered = sse and out[-1].endswith(SSE_DONE)
+        out.clear()
 
     async def _write(self, response: web.StreamResponse, inbox: Inbox, data: bytes) -> None:
         """One write to the client, within the write deadline (and cut at once if its inbox overflows)."""
