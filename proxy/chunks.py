@@ -58,9 +58,11 @@ class ChunkWriter:
         """Drop what is queued and stop a write in flight (the reply is being cut short)."""
         self._pending.clear()
         self._size = 0
-        if self._in_flight is not None:
-            self._in_flight.cancel()
-            self._in_flight = None
+        task, self._in_flight = self._in_flight, None
+        if task is not None:
+            task.cancel()
+            if task.done() and not task.cancelled():
+                task.exception()  # seen: the error that cut the reply short is handled by the caller already
 
     def _launch(self) -> None:
         data = b"".join(self._pending)

@@ -105,7 +105,7 @@ class Proxy:
         self.replica_id = replica_id
         self.upstream_url = upstream_url
         self.cancel_poll_s = cancel_poll_s
-        self._calls: dict[str, tuple[asyncio.Task[Any], float]] = {}  # request id -> (its upstream call, since)
+        self._calls: dict[str, asyncio.Task[Any]] = {}  # request id -> its upstream call, while it runs
         self._checks: set[asyncio.Task[None]] = set()
         self.concurrency = deployment.api.concurrency
         self.stopping = asyncio.Event()
@@ -153,7 +153,7 @@ class Proxy:
 
     async def cancel_loop(self, stop: asyncio.Event) -> None:
         """Until `stop`: stop a request's upstream call as soon as its interceptor publishes its cancellation, and
-        every `cancel_poll_s` check the calls older than that, in one round trip, for a push that was missed."""
+        every `cancel_poll_s` check every call's request state, all in one round trip, for a push that was missed."""
         await asyncio.gather(self.queue.cancellations(stop, self._on_cancel), self._poll_cancellations(stop))
 
     def _on_cancel(self, request_id: str) -> None:
@@ -163,14 +163,11 @@ class Proxy:
             check.add_done_callback(self._checks.discard)
 
     async def _poll_cancellations(self, stop: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
         while not stop.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.cancel_poll_s)
-            due = loop.time() - self.cancel_poll_s
-            held = [rid for rid, (_call, since) in self._calls.items() if since <= due]
-            if held:
-                await self._stop_if_cancelled(held)
+            if self._calls:
+                await self._stop_if_cancelled(list(self._calls))
 
     async def _stop_if_cancelled(self, request_ids: list[str]) -> None:
         """Abort the upstream calls of those requests whose client has gone (state 'cancelled', or expired)."""
@@ -179,9 +176,9 @@ class Proxy:
         except (RedisError, OSError):
             return  # Redis away: keep forwarding; the reply's own writes find out if it stays away
         for rid, state in zip(request_ids, states, strict=True):
-            entry = self._calls.get(rid)
-            if entry is not None and state not in ("taken", "started"):
-                entry[0].cancel()
+            call = self._calls.get(rid)
+            if call is not None and state not in ("taken", "started"):
+                call.cancel()
 
     async def reclaim_loop(self, interval_s: float) -> None:
         """Serve requests held by replicas that died (their heartbeat lapsed) before answering."""
@@ -296,7 +293,7 @@ class Proxy:
         queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
         stream = asyncio.create_task(self._forward(delivery, queue_ms))
-        self._calls[rid] = (stream, asyncio.get_running_loop().time())
+        self._calls[rid] = stream
         try:
             await asyncio.wait({stream})  # cancelled by `cancel_loop` if the client goes away
         finally:
