@@ -40,16 +40,13 @@ def setup_logging(component: str, level: str | None = None) -> structlog.stdlib.
     return logger
 
 
-_HOLD_S = 0.02
-"""How long a log line may wait for others to share its write."""
-
-
 class _BatchedLines:
-    """structlog's output: each line written whole, and the lines of `_HOLD_S` written together.
+    """structlog's output: each line written whole, and the lines of one event-loop turn in one write.
 
     Components run unbuffered (their supervisor reads their output as it comes), where printing a line costs two
-    write calls, and one write per request line was up to a tenth of a process's CPU under load. Lines are held at
-    most `_HOLD_S` (a process killed outright loses at most those); outside a running loop they go out at once.
+    write calls, and one write per request line was up to a tenth of a process's CPU under load. Lines wait only
+    for the end of the current loop turn (what a turn did is on record before the process does anything else, and
+    a process killed outright loses at most that turn's lines); outside a running loop they go out at once.
     """
 
     def __init__(self, stream: TextIO) -> None:
@@ -74,7 +71,7 @@ class _BatchedLines:
             return
         if self._flush_on is not loop:  # none scheduled yet (or on a loop that has stopped since)
             self._flush_on = loop
-            loop.call_later(_HOLD_S, self.flush)
+            loop.call_soon(self.flush)
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 

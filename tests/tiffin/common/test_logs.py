@@ -1,4 +1,4 @@
-"""Log lines batched per loop turn window: whole lines, in order, none lost, written promptly."""
+"""Log lines batched per event-loop turn: whole lines, in order, none lost, written before the next turn."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ async def test_inside_a_loop_lines_share_one_write_soon_after() -> None:
     writer = _BatchedLines.factory(Recording())()
     for n in range(5):
         writer.info(f'{{"n": {n}}}')
-    assert writes == []  # held for a moment
+    assert writes == []  # held until this turn ends
     await asyncio.wait_for(written.wait(), 10)
     assert writes == ["".join(f'{{"n": {n}}}\n' for n in range(5))]
     writer.error('{"n": 5}')
