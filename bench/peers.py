@@ -66,11 +66,13 @@ def say(text: str) -> None:
     print(f"bench: {text}", flush=True)
 
 
-def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    """A process in its own session (so its whole group can be stopped), output in `log`."""
+def start(
+    command: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """A process in its own session (so its whole group can be stopped), output in `log`; run in `cwd`."""
     with log.open("wb") as out:
         return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                start_new_session=True, cwd=ROOT)  # fmt: skip
+                                start_new_session=True, cwd=cwd)  # fmt: skip
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -195,9 +197,11 @@ def start_litellm(upstream: str, logs: Path) -> Peer:
     return peer
 
 
-def start_tiffin(logs: Path) -> Peer:
-    """`tiffin up` kept warm with the same upstream as its runner; plain HTTP as the other peers; with a key."""
-    folder = WORK / "tiffin"
+def start_tiffin(logs: Path, root: Path = ROOT, folder: Path | None = None, env: dict[str, str] | None = None) -> Peer:
+    """`tiffin up` kept warm with the same upstream as its runner; plain HTTP as the other peers; with a key.
+
+    `root`: the code tree to run (`python -m` imports from its working directory first); `folder`: its state."""
+    folder = folder or WORK / "tiffin"
     shutil.rmtree(folder, ignore_errors=True)
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "config.json").write_text("{}")
@@ -212,7 +216,7 @@ def start_tiffin(logs: Path) -> Peer:
     port = free_port()
     proc = start([sys.executable, "-m", "tiffin", "up", str(folder / "bench.yaml"), "--plain-http", "--port",
                   str(port), "--admin-port", str(free_port()), "--state-dir", str(folder / "state")],
-                 logs / "tiffin.log")  # fmt: skip
+                 logs / "tiffin.log", env=env, cwd=root)  # fmt: skip
     deadline = time.monotonic() + 300
     while not (found := re.search(r"API key \(shown only now[^:]*: (tfn_\S+)", (logs / "tiffin.log").read_text())):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -16,6 +16,7 @@ from interceptor.relay import Relay
 from interceptor.replies import READ_BLOCK_MS, ReplyReader
 from interceptor.routing import Router
 from interceptor.server import start_public
+from tiffin.common import loop as event_loop
 from tiffin.common.logs import setup_logging
 from tiffin.common.redis_conn import connect_bounded
 from tiffin.contracts.config import load_deployments
@@ -112,7 +113,7 @@ async def serve(settings: InterceptorSettings) -> None:
 def main() -> None:
     settings = InterceptorSettings.from_env()
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings))
     except ConfigError as exc:
         raise SystemExit(f"invalid deployment configuration:\n{exc}") from exc
     except TLSError as exc:

@@ -183,8 +183,9 @@ class KeyGate:
             metrics.REJECTED.labels(deployment.name, "key_concurrency").inc()
             raise
 
-    async def release(self, slot: Slot | None) -> None:
-        await self.limiter.release(slot)
+    async def release(self, slot: Slot | None, *, also_delete: str | None = None) -> None:
+        """Give the key's concurrency slot back (and delete `also_delete` in the same round trip)."""
+        await self.limiter.release(slot, also_delete=also_delete)
 
 
 def _refusal(caller: Caller) -> Unauthenticated:

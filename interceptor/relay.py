@@ -24,6 +24,7 @@ from interceptor.middleware import client_of, request_id
 from interceptor.replies import Inbox, ReplyReader
 from interceptor.routing import Router
 from interceptor.withdrawals import PendingWithdrawals
+from tiffin.contracts import keys
 from tiffin.contracts.apps import parse_app_path
 from tiffin.contracts.coldstart import ColdStart, end_wake
 from tiffin.contracts.config import Deployment
@@ -361,6 +362,11 @@ class Relay:
         self, deployment: str, queue: DeploymentQueue, slot: Slot | None, request_id: str, wake_open: bool, forget: bool
     ) -> None:
         """What a finished request leaves in Redis, best effort: each piece also lapses by itself."""
+        if forget and not wake_open:  # the usual end: the slot and the request state go in one round trip
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.edge.redis_timeout_s):
+                    await self.gate.release(slot, also_delete=keys.request(request_id))
+            return
         await self.gate.release(slot)
         if wake_open:
             # It ended without a head (wait deadline, client gone, error frame): let the next cold
@@ -417,7 +423,13 @@ class Relay:
         deployment: Deployment,
         outcome: Outcome,
     ) -> web.StreamResponse:
-        response = web.StreamResponse(status=head.status)
+        sse = head.headers.get("content-type", "").startswith("text/event-stream")
+        backlog = [] if sse else inbox.take_ready()
+        body = None if sse else whole_body(backlog, head.by)
+        # A whole non-streamed answer (its proxy writes it in one step, so it is all here) goes out in one write.
+        response = (
+            web.StreamResponse(status=head.status) if body is None else web.Response(status=head.status, body=body)
+        )
         for name in REPLY_HEADERS:
             if name in head.headers:
                 response.headers[name] = head.headers[name]
@@ -426,14 +438,24 @@ class Relay:
             response.headers[COLD_START_HEADER] = str(outcome.cold_start_ms)
         if outcome.cold_start is not None:
             response.headers[COLD_START_PHASES_HEADER] = outcome.cold_start.header()
+        if isinstance(response, web.Response):
+            return await self._send_whole(request, inbox, response, outcome)
         await response.prepare(request)
-        sse = head.headers.get("content-type", "").startswith("text/event-stream")
         gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
         last_seq = 0
+        out: list[bytes] = []  # chunks taken but not yet written: those that came together go out in one write
         while True:
+            if not backlog:
+                backlog = inbox.take_ready()
+            if not backlog and out:
+                await self._write_out(response, inbox, out, outcome, sse)
+                continue  # more may have come meanwhile
             try:
-                async with asyncio.timeout(gap):
-                    frame = await inbox.get()
+                if backlog:
+                    frame = backlog.pop(0)
+                else:
+                    async with asyncio.timeout(gap):
+                        frame = await inbox.get()
             except TimeoutError:
                 frame = Frame.fail(outcome.request_id, head.by, 504, "the reply stalled", "upstream_timeout")
             if inbox.overflowed:
@@ -446,8 +468,7 @@ class Relay:
                     continue  # the same chunk written twice (a retried XADD): relayed once
                 last_seq = frame.seq
             if frame.kind is FrameKind.CHUNK:
-                await self._write(response, inbox, frame.data)
-                outcome.delivered = sse and frame.data.endswith(SSE_DONE)
+                out.append(frame.data)
                 if sse and outcome.error is None and (error := sse_error_code(frame.data)) is not None:
                     # An error event written upstream (the API server's when its runner died, or the engine's
                     # own): the stream ends cleanly on the wire, but broken; the log and metrics say so.
@@ -462,6 +483,7 @@ class Relay:
                 if outcome.error is None:
                     outcome.error, outcome.detail = code, "stream_broken"
                     metrics.STREAMS_BROKEN.labels(deployment.name, code).inc()
+                await self._write_out(response, inbox, out, outcome, sse)
                 if sse:
                     message = str(frame.error.get("message"))
                     await self._write(response, inbox, sse_error_event(message, code))
@@ -472,6 +494,7 @@ class Relay:
                     request.transport.close()
                 outcome.sent = True
                 return response
+        await self._write_out(response, inbox, out, outcome, sse)
         try:
             async with inbox.writing(self.edge.write_timeout_s):
                 await response.write_eof()
@@ -479,6 +502,29 @@ class Relay:
             raise _SlowReader(response) from exc
         outcome.sent = True
         return response
+
+    async def _send_whole(
+        self, request: web.Request, inbox: Inbox, response: web.Response, outcome: Outcome
+    ) -> web.StreamResponse:
+        """Headers and body in one write, within the write deadline."""
+        await response.prepare(request)  # headers are held until the body goes with them
+        try:
+            async with inbox.writing(self.edge.write_timeout_s):
+                await response.write_eof()
+        except TimeoutError as exc:
+            raise _SlowReader(response) from exc
+        outcome.sent = True
+        return response
+
+    async def _write_out(
+        self, response: web.StreamResponse, inbox: Inbox, out: list[bytes], outcome: Outcome, sse: bool
+    ) -> None:
+        """Write the chunks taken so far in one write (and empty `out`)."""
+        if not out:
+            return
+        await self._write(response, inbox, b"".join(out) if len(out) > 1 else out[0])
+        outcome.delivered = sse and out[-1].endswith(SSE_DONE)
+        out.clear()
 
     async def _write(self, response: web.StreamResponse, inbox: Inbox, data: bytes) -> None:
         """One write to the client, within the write deadline (and cut at once if its inbox overflows)."""
@@ -545,6 +591,27 @@ def _observe_cold_start(deployment: str, record: ColdStart | None) -> None:
     metrics.COLD_START.labels(deployment).observe(record.total_ms / 1000)
     for phase, ms in record.phases.items():
         metrics.COLD_START_PHASE.labels(deployment, phase).observe(ms / 1000)
+
+
+def whole_body(frames: list[Frame], by: str) -> bytes | None:
+    """The body of a non-streamed answer if `frames` hold all of it up to its end (None: relay it as it comes).
+
+    Follows the relay's rules: frames of `by` only, each numbered chunk once; an error frame means no."""
+    parts: list[bytes] = []
+    last_seq = 0
+    for frame in frames:
+        if frame.by != by:
+            continue
+        if frame.kind is FrameKind.END:
+            return b"".join(parts)
+        if frame.kind is not FrameKind.CHUNK:
+            return None
+        if frame.seq:
+            if frame.seq <= last_seq:
+                continue
+            last_seq = frame.seq
+        parts.append(frame.data)
+    return None
 
 
 def sse_error_code(data: bytes) -> str | None:

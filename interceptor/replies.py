@@ -24,6 +24,9 @@ READ_BLOCK_MS = 2000
 # replicas send; a busy reader simply reads again at once.
 READ_COUNT = 100
 DEFAULT_BUFFER_BYTES = 1_048_576
+# Frames already read stay in the reply stream until the next trim: at most this long, or this many body bytes.
+TRIM_EVERY_S = 0.1
+TRIM_EVERY_BYTES = 1_048_576
 
 
 class Inbox:
@@ -55,6 +58,15 @@ class Inbox:
         frame = await self._frames.get()
         self.buffered -= len(frame.data)
         return frame
+
+    def take_ready(self) -> list[Frame]:
+        """Every frame already here, without waiting (the caller relays them before any later one)."""
+        frames: list[Frame] = []
+        while not self._frames.empty():
+            frame = self._frames.get_nowait()
+            self.buffered -= len(frame.data)
+            frames.append(frame)
+        return frames
 
     def empty(self) -> bool:
         return self._frames.empty()
@@ -125,7 +137,8 @@ class ReplyReader:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        refreshed = loop.time()
+        refreshed = trimmed = loop.time()
+        untrimmed, dirty = 0, False  # body bytes read since the last trim; whether any entry was
         retry = Backoff("reply_reader", max_s=_RETRY_MAX_S)
         while True:
             try:
@@ -133,9 +146,15 @@ class ReplyReader:
                 for _stream, entries in reply or []:
                     for entry_id, fields in entries:
                         self._last_id = entry_id
+                        untrimmed, dirty = untrimmed + len(fields.get(b"data", b"")), True
                         self._dispatch(fields)
-                    # Everything up to what was read is delivered: keep the stream short.
+                # Everything up to what was read is delivered: keep the stream short. Not after every read (a
+                # round trip each, under load most of a read's cost): every TRIM_EVERY_S or TRIM_EVERY_BYTES, and
+                # when a read finds nothing new.
+                due = not reply or untrimmed >= TRIM_EVERY_BYTES or loop.time() - trimmed >= TRIM_EVERY_S
+                if dirty and due:
                     await self.redis.xtrim(self.key, minid=self._last_id)
+                    trimmed, untrimmed, dirty = loop.time(), 0, False
                 # A read that timed out may mean the stream is gone (expired or deleted under us): proxies
                 # never recreate it, so every reply would be dropped until the next refresh; check at once.
                 if not reply or loop.time() - refreshed > self.ttl_s / 4:

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 
 from proxy.config import ProxySettings
 from proxy.worker import Proxy
+from tiffin.common import loop as event_loop
 from tiffin.common.backoff import Backoff
 from tiffin.common.logs import setup_logging
 from tiffin.common.probe import wait_until_ok
@@ -81,7 +82,7 @@ async def serve(settings: ProxySettings) -> int:
 def main() -> None:
     settings = ProxySettings.from_env()
     try:
-        raise SystemExit(asyncio.run(serve(settings)))
+        raise SystemExit(event_loop.run(serve(settings)))
     except ConfigError as exc:
         raise SystemExit(f"invalid deployment configuration:\n{exc}") from exc
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
@@ -13,6 +12,8 @@ import aiohttp
 import structlog
 from redis.exceptions import RedisError
 
+from proxy.chunks import ChunkWriter
+from proxy.chunks import ReplyGone as _ReplyGone
 from tiffin.common.backoff import Backoff, is_nogroup
 from tiffin.common.probe import wait_until_ok
 from tiffin.contracts.config import Deployment
@@ -34,10 +35,6 @@ _READ_BLOCK_MS = 1000
 _CONNECT_RETRIES = 3
 _UPSTREAM_RECHECK_S = 0.5
 _OUTAGE_ATTEMPTS = 3  # a request is served again after at most this many Redis outages during its handling
-
-
-class _ReplyGone(Exception):
-    """The interceptor that accepted the request died: nobody can read the rest of the reply."""
 
 
 class _NotServed(Exception):
@@ -108,7 +105,8 @@ class Proxy:
         self.replica_id = replica_id
         self.upstream_url = upstream_url
         self.cancel_poll_s = cancel_poll_s
-        self._cancelled: dict[str, asyncio.Event] = {}
+        self._calls: dict[str, asyncio.Task[Any]] = {}  # request id -> its upstream call, while it runs
+        self._checks: set[asyncio.Task[None]] = set()
         self.concurrency = deployment.api.concurrency
         self.stopping = asyncio.Event()
         self._active: set[asyncio.Task[None]] = set()
@@ -154,13 +152,33 @@ class Proxy:
             self._upstream_ok.set()
 
     async def cancel_loop(self, stop: asyncio.Event) -> None:
-        """Until `stop`: stop a request's upstream call as soon as its interceptor publishes its cancellation."""
-        await self.queue.cancellations(stop, self._on_cancel)
+        """Until `stop`: stop a request's upstream call as soon as its interceptor publishes its cancellation, and
+        every `cancel_poll_s` check every call's request state, all in one round trip, for a push that was missed."""
+        await asyncio.gather(self.queue.cancellations(stop, self._on_cancel), self._poll_cancellations(stop))
 
     def _on_cancel(self, request_id: str) -> None:
-        event = self._cancelled.get(request_id)
-        if event is not None:
-            event.set()
+        if request_id in self._calls:
+            check = asyncio.create_task(self._stop_if_cancelled([request_id]))
+            self._checks.add(check)
+            check.add_done_callback(self._checks.discard)
+
+    async def _poll_cancellations(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cancel_poll_s)
+            if self._calls:
+                await self._stop_if_cancelled(list(self._calls))
+
+    async def _stop_if_cancelled(self, request_ids: list[str]) -> None:
+        """Abort the upstream calls of those requests whose client has gone (state 'cancelled', or expired)."""
+        try:
+            states = await self.queue.states(request_ids)
+        except (RedisError, OSError):
+            return  # Redis away: keep forwarding; the reply's own writes find out if it stays away
+        for rid, state in zip(request_ids, states, strict=True):
+            call = self._calls.get(rid)
+            if call is not None and state not in ("taken", "started"):
+                call.cancel()
 
     async def reclaim_loop(self, interval_s: float) -> None:
         """Serve requests held by replicas that died (their heartbeat lapsed) before answering."""
@@ -249,7 +267,7 @@ class Proxy:
     async def _handle(self, delivery: Delivery) -> None:
         envelope = delivery.envelope
         rid = envelope.request_id
-        state = await self.queue.take(rid, self.replica_id)
+        state = await self.queue.take(rid, self.replica_id, envelope.reply_to)
         if state == "started":
             # Another replica began this reply and died: bytes may have reached the client, so no replay.
             # The error is signed with the dead owner's id: the interceptor follows that replica's frames only.
@@ -262,27 +280,28 @@ class Proxy:
         if state == "done":
             await self._answer_saved(delivery)
             return
-        if state != "taken":
-            await self.queue.finish(delivery.entry_id)
-            log.info("skipped", request_id=rid, state=state)
-            return
-        if not await self.queue.reply_open(envelope.reply_to):
+        if state == "orphaned":
             # Its interceptor died while it waited: no client is left, so no runner should spend time on it.
             await self.queue.cancel(rid, delivery.entry_id, even_if_taken=True)
             await self.queue.finish(delivery.entry_id)
             log.warning("orphaned", request_id=rid, reply_to=envelope.reply_to)
             return
+        if state != "taken":
+            await self.queue.finish(delivery.entry_id)
+            log.info("skipped", request_id=rid, state=state)
+            return
         queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
         stream = asyncio.create_task(self._forward(delivery, queue_ms))
-        self._cancelled[rid] = asyncio.Event()
+        self._calls[rid] = stream
         try:
-            await self._watch_cancellation(rid, stream)
+            await asyncio.wait({stream})  # cancelled by `cancel_loop` if the client goes away
         finally:
-            self._cancelled.pop(rid, None)
+            self._calls.pop(rid, None)
             ending = stream.result() if stream.done() and not stream.cancelled() and not stream.exception() else None
             if ending == "forwarded" or ending is None:
                 await self.queue.finish(delivery.entry_id, rid)  # answered or failed: its saved result can go too
+            # "answered": the answer script acknowledged it and dropped its saved result in the same step
             elif ending == "lost" and await self.queue.owner(rid) == self.replica_id:
                 await self.queue.finish(delivery.entry_id)  # cancelled; a new owner acknowledges its entry itself
             # "released": the release script acknowledged it, and a saved result must stay for the next taker
@@ -297,32 +316,7 @@ class Proxy:
             cancelled=stream.cancelled(),
         )
 
-    async def _watch_cancellation(self, rid: str, stream: asyncio.Task[Any]) -> None:
-        """Abort the upstream call if the client has gone away (its state says 'cancelled' or has expired).
-
-        Woken at once by a pushed cancellation; the poll every `cancel_poll_s` catches a push that was missed.
-        """
-        pushed = self._cancelled[rid]
-        while True:
-            signal = asyncio.create_task(pushed.wait())
-            done, _ = await asyncio.wait(
-                {stream, signal}, timeout=self.cancel_poll_s, return_when=asyncio.FIRST_COMPLETED
-            )
-            signal.cancel()
-            pushed.clear()
-            if stream in done:
-                return
-            try:
-                state = await self.queue.state(rid)
-            except (RedisError, OSError):
-                continue  # Redis away: keep forwarding; the reply's own writes find out if it stays away
-            if state not in ("taken", "started"):
-                stream.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await stream
-                return
-
-    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "released", "lost"]:
+    async def _forward(self, delivery: Delivery, queue_ms: int) -> Literal["forwarded", "answered", "released", "lost"]:
         envelope = delivery.envelope
         rid = envelope.request_id
         if not self._upstream_ok.is_set():
@@ -351,20 +345,12 @@ class Proxy:
                                 frames = [head, *(Frame.chunk(rid, self.replica_id, d, n + 1)
                                                   for n, d in enumerate(first))]  # fmt: skip
                                 await self._answer(delivery, [*frames, Frame.end(rid, self.replica_id)])
-                                return "forwarded"
+                                return "answered"
                         await self._start(envelope, head)
                         head_sent = True
-                        seq = itertools.count(1)  # numbered: the interceptor drops a chunk whose XADD ran twice
-                        for data in first:
-                            chunk = Frame.chunk(rid, self.replica_id, data, next(seq))
-                            if not await self.queue.send(envelope.reply_to, chunk):
-                                raise _ReplyGone
-                        async for data in chunks:
-                            chunk = Frame.chunk(rid, self.replica_id, data, next(seq))
-                            if not await self.queue.send(envelope.reply_to, chunk):
-                                raise _ReplyGone  # leaving the block closes the upstream call: its work stops
-                        await self.queue.send(envelope.reply_to, Frame.end(rid, self.replica_id))
-                        return "forwarded"
+                        await self._relay_chunks(envelope, first, chunks)  # ReplyGone: leaving stops the upstream call
+                        await self.queue.end(delivery, Frame.end(rid, self.replica_id))
+                        return "answered"  # the end frame and the acknowledgement went together
                 except aiohttp.ClientConnectorError as exc:
                     # Nothing reached the API server: safe to try again shortly, or to leave to another replica.
                     if attempt == _CONNECT_RETRIES - 1:
@@ -400,6 +386,23 @@ class Proxy:
             log.warning("upstream_failed", request_id=rid, head_sent=head_sent, error=repr(exc))
             await self._fail(envelope.reply_to, rid, 502, "the API server failed", code)
         return "forwarded"
+
+    async def _relay_chunks(self, envelope: Envelope, first: list[bytes], chunks: AsyncIterator[bytes]) -> None:
+        """Every piece of the body as chunk frames, in order; what was read before an upstream failure goes out
+        before it is reported."""
+        writer = ChunkWriter(self.queue, envelope.reply_to, envelope.request_id, self.replica_id)
+        try:
+            try:
+                for data in first:
+                    await writer.put(data)
+                async for data in chunks:
+                    await writer.put(data)
+            except (aiohttp.ClientError, TimeoutError):
+                await writer.flush()
+                raise
+            await writer.flush()
+        finally:
+            writer.abort()  # nothing left after a flush; a write still in flight when cut short is stopped
 
     @staticmethod
     async def _read_whole(chunks: AsyncIterator[bytes]) -> list[bytes]:

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from runtime.api.app import create_app
 from runtime.config import ApiSettings
+from tiffin.common import loop as event_loop
 from tiffin.common.logs import setup_logging
 from tiffin.contracts.exceptions import AppError
 
@@ -31,6 +32,7 @@ def main() -> None:
         handler_cancellation=True,  # a client that goes away cancels its request, and so the runner's work
         access_log=None,  # one structlog line per request instead
         print=None,
+        loop=event_loop.new_loop(),
     )
 
 

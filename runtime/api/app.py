@@ -317,6 +317,9 @@ async def _relay(
         first, whole = await _read_answer(request, upstream, chunks, rid)
         if whole:
             await _save(request, rid, upstream.status, headers, first)
+            outcome.status = upstream.status
+            # Head and body in one write (a streamed response would take three).
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=first)
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     outcome.status = upstream.status
     await resp.prepare(request)

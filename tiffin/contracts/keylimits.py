@@ -119,13 +119,21 @@ class KeyLimiter:
         self.held[request_id] = slot
         return slot
 
-    async def release(self, slot: Slot | None) -> None:
-        """Free a slot; if Redis cannot be reached the lease runs out instead (nothing leaks for long)."""
-        if slot is None:
+    async def release(self, slot: Slot | None, *, also_delete: str | None = None) -> None:
+        """Free a slot; if Redis cannot be reached the lease runs out instead (nothing leaks for long).
+
+        `also_delete`: a key the caller is done with, deleted in the same round trip (best effort alike)."""
+        if slot is None and also_delete is None:
             return
-        self.held.pop(slot.request_id, None)
+        if slot is not None:
+            self.held.pop(slot.request_id, None)
         try:
-            await self.redis.zrem(slot.key, slot.request_id)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if slot is not None:
+                    pipe.zrem(slot.key, slot.request_id)
+                if also_delete is not None:
+                    pipe.delete(also_delete)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("key_slot_release_failed", error=str(exc))
 

@@ -95,9 +95,10 @@ end
 return st
 """
 
-# KEYS: request state, saved result, waking mark, cold-start phases. ARGV: owner, now ms, request id.
-# 'done': taken, and a runner already answered it (answer from the record). Taking the request that woke the
-# deployment marks the cold start's `dispatched` phase here, so a warm request pays no extra round trip.
+# KEYS: request state, saved result, waking mark, cold-start phases[, reply stream]. ARGV: owner, now ms, request id.
+# 'done': taken, and a runner already answered it (answer from the record). 'orphaned': taken, but the reply stream
+# given is gone (its interceptor died: nobody waits for the answer). Taking the request that woke the deployment
+# marks the cold start's `dispatched` phase here, so a warm request pays no extra round trip.
 _TAKE = (
     MARK_FUNCTION
     + """
@@ -106,6 +107,7 @@ if st == 'queued' or st == 'taken' then
   redis.call('HSET', KEYS[1], 'state', 'taken', 'owner', ARGV[1], 'taken_ms', ARGV[2])
   mark_phase(KEYS[3], KEYS[4], 'dispatched', ARGV[3])
   if redis.call('EXISTS', KEYS[2]) == 1 then return 'done' end
+  if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 0 then return 'orphaned' end
   return 'taken'
 end
 return st
@@ -356,11 +358,12 @@ class DeploymentQueue:
             out.extend(self._deliveries(entries, redelivered=False))
         return out
 
-    async def take(self, request_id: str, consumer: str) -> str | None:
+    async def take(self, request_id: str, consumer: str, reply_to: str | None = None) -> str | None:
         """Claim the request for serving: 'taken' to serve it, 'done' to answer it from `saved_result` (a runner
-        answered it already); anything else means skip it (see module docstring)."""
+        answered it already); with `reply_to`, 'orphaned' if that reply stream is gone (taken, but nobody waits:
+        the `reply_open` check in the same round trip); anything else means skip it (see module docstring)."""
         script_keys = [keys.request(request_id), keys.result(request_id), keys.waking(self.deployment),
-                       keys.cold_start_phases(self.deployment)]  # fmt: skip
+                       keys.cold_start_phases(self.deployment), *([reply_to] if reply_to else [])]  # fmt: skip
         state = await self._take(keys=script_keys, args=[consumer, now_ms(), request_id])
         return _text(state)
 
@@ -384,6 +387,14 @@ class DeploymentQueue:
 
     async def state(self, request_id: str) -> str | None:
         return _text(await self.redis.hget(keys.request(request_id), "state"))
+
+    async def states(self, request_ids: list[str]) -> list[str | None]:
+        """The states of several requests, in one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for rid in request_ids:
+                pipe.hget(keys.request(rid), "state")
+            found: list[Any] = await pipe.execute()
+        return [_text(state) for state in found]
 
     async def owner(self, request_id: str) -> str | None:
         """The consumer that last took the request."""
@@ -455,6 +466,20 @@ class DeploymentQueue:
             approximate=True,
             nomkstream=True,
         )
+        return written is not None
+
+    async def end(self, delivery: Delivery, frame: Frame) -> bool:
+        """A stream's last frame, and its entry acknowledged and its saved result dropped (as `finish`), in one
+        transaction. Returns False if the reply stream is gone (the entry is acknowledged all the same)."""
+        envelope = delivery.envelope
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(envelope.reply_to, frame.to_fields(), maxlen=REPLY_STREAM_MAXLEN, approximate=True,  # type: ignore[arg-type]
+                      nomkstream=True)  # fmt: skip
+            pipe.xack(self.key, keys.GROUP, delivery.entry_id)
+            pipe.xdel(self.key, delivery.entry_id)
+            pipe.delete(keys.result(envelope.request_id))
+            pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
+            written, *_ = await pipe.execute()
         return written is not None
 
     async def reply_open(self, reply_to: str) -> bool:

@@ -740,3 +740,33 @@ async def test_an_entry_its_own_consumer_no_longer_serves_is_found_once_idle(
     assert set((await pending_owners(redis, queue)).keys()) == {by_rid["r1"].entry_id, by_rid["r2"].entry_id}
     # Claimed again just now: not found again while it is being served.
     assert await queue.orphans("proxy-1", held, min_idle_ms=10_000, count=10) == []
+
+
+async def test_take_with_the_reply_stream_says_orphaned_when_it_is_gone(redis: Redis) -> None:
+    queue = DeploymentQueue(redis, "d")
+    await queue.ensure_group()
+    await queue.enqueue(envelope("alive"), 10, TTL_S)
+    await queue.enqueue(envelope("orphan"), 10, TTL_S)
+    await redis.xadd(REPLY, {"kind": "open"})
+    assert await queue.take("alive", "proxy-1", REPLY) == "taken"
+    await redis.delete(REPLY)  # its interceptor died
+    assert await queue.take("orphan", "proxy-1", REPLY) == "orphaned"
+    assert await queue.states(["alive", "orphan", "never"]) == ["taken", "taken", None]
+
+
+async def test_end_writes_the_last_frame_and_acknowledges_in_one_step(redis: Redis) -> None:
+    queue = DeploymentQueue(redis, "d")
+    await queue.ensure_group()
+    await queue.enqueue(envelope("r1"), 10, TTL_S)
+    await redis.xadd(REPLY, {"kind": "open"})
+    (delivery,) = await queue.read("proxy-1", count=1, block_ms=100)
+    await queue.take("r1", "proxy-1", REPLY)
+    await save_result(redis, "r1", SavedResult(200, {}, b"x"), 60)
+    assert await queue.end(delivery, Frame.end("r1", "proxy-1"))
+    last = (await redis.xrevrange(REPLY, count=1))[0][1]
+    assert Frame.from_fields(last).kind.value == "end"
+    assert await queue.depth() == (0, 0)  # acknowledged and deleted
+    assert not await redis.exists(keys.result("r1"))
+    await redis.delete(REPLY)
+    assert not await queue.end(delivery, Frame.end("r1", "proxy-1"))  # reply stream gone: not recreated
+    assert not await redis.exists(REPLY)
