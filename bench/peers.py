@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -251,8 +252,8 @@ def measure(peers: list[Peer], scripts: Path, duration: float, rounds: int) -> d
 
 
 def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else float("nan")
+    """The median over rounds (of two rounds, their mean: neither the better nor the worse)."""
+    return statistics.median(values) if values else float("nan")
 
 
 def summarise(results: dict[str, dict[str, list[dict]]]) -> dict[str, dict[str, float]]:
