@@ -22,7 +22,7 @@ from tiffin.contracts.demand import read_demand
 from tiffin.contracts.queue import now_ms
 from tiffin.kube.render import COOLDOWN_S, RENDERED_KINDS, Platform, RenderError, labels, render, selector
 
-EXAMPLES = [ROOT / "examples" / "smollm2.yaml", ROOT / "examples" / "qwen-gpu.yaml"]
+EXAMPLES = [ROOT / "examples" / "smollm2.yaml", ROOT / "examples" / "kubernetes" / "qwen-gpu.yaml"]
 # The oldest release still common in managed clusters, and the newest kubernetes-validate knows.
 K8S_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 CUSTOM_KINDS = {"ScaledObject"}
