@@ -495,19 +495,17 @@ class Relay:
                 outcome.sent = True
                 return response
         await self._write_out(response, inbox, out, outcome, sse)
-        try:
-            async with inbox.writing(self.edge.write_timeout_s):
-                await response.write_eof()
-        except TimeoutError as exc:
-            raise _SlowReader(response) from exc
-        outcome.sent = True
-        return response
+        return await self._end(response, inbox, outcome)
 
     async def _send_whole(
         self, request: web.Request, inbox: Inbox, response: web.Response, outcome: Outcome
     ) -> web.StreamResponse:
         """Headers and body in one write, within the write deadline."""
         await response.prepare(request)  # headers are held until the body goes with them
+        return await self._end(response, inbox, outcome)
+
+    async def _end(self, response: web.StreamResponse, inbox: Inbox, outcome: Outcome) -> web.StreamResponse:
+        """Finish the response (what is buffered, then its end) within the write deadline."""
         try:
             async with inbox.writing(self.edge.write_timeout_s):
                 await response.write_eof()

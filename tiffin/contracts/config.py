@@ -274,19 +274,24 @@ def check_model_folders() -> bool:
     return env_bool("TIFFIN_CHECK_MODEL_FOLDERS", True)
 
 
+def field_problems(exc: ValidationError) -> list[tuple[tuple[int | str, ...], str]]:
+    """Each validation error as (where, what) in words for a user: the one wording for files and resources."""
+    problems = []
+    for err in exc.errors():
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (check the spelling)"
+        problems.append((tuple(err["loc"]), msg))
+    return problems
+
+
 def parse_deployment(data: Any, source: Path, check_model: bool = True) -> Deployment:
     """Validate one parsed YAML document; model folders resolve relative to the file (and must exist there,
     unless `check_model` is false)."""
     try:
         deployment = Deployment.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling)"
-            problems.append(f"{source}: {_format_loc(err['loc'])}: {msg}")
-        raise ConfigError(problems) from exc
+        raise ConfigError([f"{source}: {_format_loc(loc)}: {msg}" for loc, msg in field_problems(exc)]) from exc
     if not is_builtin(deployment.model):
         folder = Path(deployment.model).expanduser()
         if not folder.is_absolute():

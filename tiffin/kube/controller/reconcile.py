@@ -26,7 +26,7 @@ import yaml
 from pydantic import ValidationError
 
 from tiffin.contracts import keys
-from tiffin.contracts.config import Deployment
+from tiffin.contracts.config import Deployment, field_problems
 from tiffin.contracts.exceptions import ConfigError
 from tiffin.kube.controller.catalog import Catalog
 from tiffin.kube.controller.conditions import Counts, condition, status_body
@@ -73,13 +73,9 @@ def deployment_of(resource: dict[str, Any]) -> tuple[Deployment, str]:
     try:
         deployment = Deployment.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field (check the spelling)"
-            where = "metadata.name" if err["loc"][:1] == ("name",) else _loc(err["loc"])
-            problems.append(f"{where}: {msg}")
+        problems = [
+            f"{'metadata.name' if loc[:1] == ('name',) else _loc(loc)}: {msg}" for loc, msg in field_problems(exc)
+        ]
         raise InvalidSpec(problems) from exc
     return deployment, yaml.safe_dump(data, sort_keys=False)
 
