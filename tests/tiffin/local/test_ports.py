@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
+from tiffin.local.redis_server import free_port
 from tiffin.local.up import _port_free
 
 
@@ -40,3 +42,14 @@ def test_a_port_with_a_live_listener_is_in_use() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         assert not _port_free("127.0.0.1", listener.getsockname()[1])
+
+
+def test_free_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:
+    # A port from the ephemeral range can be taken by any outgoing connection before its server binds it.
+    low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    ports = [free_port() for _ in range(200)]
+    assert len(set(ports)) == len(ports)
+    assert all(not low <= port <= high for port in ports)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", ports[-1]))  # the port is free for the server it was chosen for
