@@ -1,13 +1,12 @@
-"""A request's life at the edge: validate, enqueue, wait for a replica's head frame, relay chunks as they come."""
+"""A request's life at the edge: validate, enqueue, wait for a replica's head frame, hand the reply to
+`respond`, and leave nothing behind in Redis however it ended."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 import structlog
@@ -21,14 +20,16 @@ from interceptor.body import parse_json_object, read_body
 from interceptor.config import EdgeSettings
 from interceptor.memory import give_back_soon
 from interceptor.middleware import client_of, request_id
+from interceptor.outcome import Outcome, observe_cold_start, report
 from interceptor.replies import Inbox, ReplyReader
+from interceptor.respond import ReplyWriter, SlowReader
 from interceptor.routing import Router
 from interceptor.withdrawals import PendingWithdrawals
 from tiffin.contracts import keys
 from tiffin.contracts.apps import parse_app_path
-from tiffin.contracts.coldstart import ColdStart, end_wake
+from tiffin.contracts.coldstart import end_wake
 from tiffin.contracts.config import Deployment
-from tiffin.contracts.errors import error_response, sse_error_event
+from tiffin.contracts.errors import error_response
 from tiffin.contracts.exceptions import (
     BackendUnavailable,
     BadRequest,
@@ -41,11 +42,8 @@ from tiffin.contracts.exceptions import (
     WaitTimeout,
 )
 from tiffin.contracts.frames import (
-    COLD_START_HEADER,
-    COLD_START_PHASES_HEADER,
     FORWARDED_HEADERS,
     QUEUE_MS_HEADER,
-    REPLY_HEADERS,
     Envelope,
     Frame,
     FrameKind,
@@ -58,10 +56,6 @@ log = structlog.get_logger("interceptor")
 
 T = TypeVar("T")
 
-SSE_DONE = b"data: [DONE]\n\n"
-# How an SSE error event starts: OpenAI's shape (tiffin's and vLLM's), and vLLM's older `ErrorResponse`.
-_SSE_ERRORS = (b'data: {"error"', b'data: {"object": "error"', b'data: {"object":"error"')
-
 # Refusals of client input, by error code -> the `reason` they are counted under in tiffin_rejected_total.
 _REFUSALS = {
     "unsupported_content_encoding": "unsupported_encoding",
@@ -71,47 +65,6 @@ _REFUSALS = {
     "bad_body": "bad_request",
     "invalid_json": "bad_json",
 }
-
-
-@dataclass
-class Outcome:
-    """What the per-request log line and metrics report."""
-
-    request_id: str
-    client: str = "-"
-    """The client's address (after trusted proxies)."""
-    deployment: str = "-"
-    status: int = 0
-    queue_ms: float | None = None
-    cold_start_ms: int | None = None
-    """Set for a request that found the deployment cold: enqueue until its head frame."""
-    cold_start: ColdStart | None = None
-    """The cold start this request woke the deployment for, recorded when its head came."""
-    started: float = field(default_factory=time.monotonic)
-    detail: str | None = None
-    delivered: bool = False
-    """The client has the whole answer (an SSE stream's `[DONE]` went out), even if it hangs up first."""
-    sent: bool = False
-    """The response's last byte went out (or its cut was made on purpose): a cancellation after it changes nothing."""
-    key_id: str | None = None
-    """The id of the valid API key the request carried (never the key)."""
-    error: str | None = None
-    """The error code that ended a stream after its head (`detail` is then `stream_broken`)."""
-    enqueued: float | None = None
-    """When it was enqueued (monotonic): with `queue_ms`, where the upstream time starts."""
-
-    @property
-    def failed(self) -> bool:
-        """Counted as an error in the dashboard's history: a status >= 500, or a stream broken after its head."""
-        return self.status >= 500 or self.error is not None
-
-
-class _SlowReader(Exception):
-    """The client reads the reply slower than it comes: its buffer overflowed or a write passed its deadline."""
-
-    def __init__(self, response: web.StreamResponse) -> None:
-        super().__init__("slow reader")
-        self.response = response
 
 
 class Relay:
@@ -133,6 +86,7 @@ class Relay:
         # Without a gate that loads keys, deployments that require one refuse every request (fail closed).
         self.gate = gate or KeyGate(redis)
         self.reply_gap_grace_s = reply_gap_grace_s
+        self.writer = ReplyWriter(self.edge.write_timeout_s, reply_gap_grace_s)
         self.queues = {d.name: DeploymentQueue(redis, d.name) for d in router.deployments}
         self.draining = False
         self.in_flight = 0
@@ -185,7 +139,7 @@ class Relay:
             self.in_flight -= 1
             if self.in_flight == 0:
                 self.idle.set()
-            self._report(outcome)
+            report(outcome, self.history)
 
     async def _serve(self, request: web.Request, outcome: Outcome) -> web.StreamResponse:
         if self.draining:
@@ -261,8 +215,8 @@ class Relay:
             if admission.cold:
                 wake_open = False
                 await self._cold_head(admission, deployment, envelope, head, outcome)
-            return await self._relay(request, inbox, head, deployment, outcome)
-        except _SlowReader as slow:
+            return await self.writer.relay(request, inbox, head, deployment, outcome)
+        except SlowReader as slow:
             # Cut the client and free the replica's slot: nobody will read the rest of this answer in time.
             outcome.detail = "slow_reader"
             metrics.REJECTED.labels(deployment.name, "slow_reader").inc()
@@ -325,14 +279,14 @@ class Relay:
                 outcome.cold_start = await asyncio.shield(ending)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("cold_start_not_recorded", deployment=deployment.name, error=str(exc))
-        _observe_cold_start(deployment.name, outcome.cold_start)
+        observe_cold_start(deployment.name, outcome.cold_start)
 
     async def _clear_wake(self, deployment: str, request_id: str) -> None:
         """End the cold start `request_id` started as failed: it got no reply (or only a 503 for want of one)."""
         # Best effort: the mark expires after the wait timeout anyway, and the request's own answer matters more.
         with contextlib.suppress(RedisError, OSError, TimeoutError):
             async with asyncio.timeout(self.edge.redis_timeout_s):
-                _observe_cold_start(deployment, await end_wake(self.redis, deployment, request_id))
+                observe_cold_start(deployment, await end_wake(self.redis, deployment, request_id))
 
     async def _backend(self, step: Awaitable[T], deployment: str) -> T:
         """One Redis step of a request, bounded by TIFFIN_REDIS_TIMEOUT_S; a failure is `BackendUnavailable` (503).
@@ -414,221 +368,6 @@ class Relay:
                 return frame
             if frame.kind is FrameKind.ERROR:
                 raise ReplicaError(frame.status or 502, str(frame.error.get("message")), frame.error.get("code"))
-
-    async def _relay(
-        self,
-        request: web.Request,
-        inbox: Inbox,
-        head: Frame,
-        deployment: Deployment,
-        outcome: Outcome,
-    ) -> web.StreamResponse:
-        sse = head.headers.get("content-type", "").startswith("text/event-stream")
-        backlog = [] if sse else inbox.take_ready()
-        body = None if sse else whole_body(backlog, head.by)
-        # A whole non-streamed answer (its proxy writes it in one step, so it is all here) goes out in one write.
-        response = (
-            web.StreamResponse(status=head.status) if body is None else web.Response(status=head.status, body=body)
-        )
-        for name in REPLY_HEADERS:
-            if name in head.headers:
-                response.headers[name] = head.headers[name]
-        response.headers["X-Request-Id"] = outcome.request_id
-        if outcome.cold_start_ms is not None:
-            response.headers[COLD_START_HEADER] = str(outcome.cold_start_ms)
-        if outcome.cold_start is not None:
-            response.headers[COLD_START_PHASES_HEADER] = outcome.cold_start.header()
-        if isinstance(response, web.Response):
-            return await self._send_whole(request, inbox, response, outcome)
-        await response.prepare(request)
-        gap = deployment.limits.upstream_timeout_s + self.reply_gap_grace_s
-        last_seq = 0
-        out: list[bytes] = []  # chunks taken but not yet written: those that came together go out in one write
-        while True:
-            if not backlog:
-                backlog = inbox.take_ready()
-            if not backlog and out:
-                await self._write_out(response, inbox, out, outcome, sse)
-                continue  # more may have come meanwhile
-            try:
-                if backlog:
-                    frame = backlog.pop(0)
-                else:
-                    async with asyncio.timeout(gap):
-                        frame = await inbox.get()
-            except TimeoutError:
-                frame = Frame.fail(outcome.request_id, head.by, 504, "the reply stalled", "upstream_timeout")
-            if inbox.overflowed:
-                await self._say_slow(request, response, sse)
-                raise _SlowReader(response)
-            if frame.by != head.by:
-                continue  # a second replica answering a redelivered copy: one answer only
-            if frame.kind is FrameKind.CHUNK and frame.seq:
-                if frame.seq <= last_seq:
-                    continue  # the same chunk written twice (a retried XADD): relayed once
-                last_seq = frame.seq
-            if frame.kind is FrameKind.CHUNK:
-                out.append(frame.data)
-                if sse and outcome.error is None and (error := sse_error_code(frame.data)) is not None:
-                    # An error event written upstream (the API server's when its runner died, or the engine's
-                    # own): the stream ends cleanly on the wire, but broken; the log and metrics say so.
-                    outcome.error, outcome.detail = error, "stream_broken"
-                    metrics.STREAMS_BROKEN.labels(deployment.name, error).inc()
-            elif frame.kind is FrameKind.END:
-                break
-            elif frame.kind is FrameKind.ERROR:
-                # Broken after its head went out: logged with the status it started with, and counted as broken
-                # (once, should an error event have come first).
-                code = str(frame.error.get("code") or "upstream_failed")
-                if outcome.error is None:
-                    outcome.error, outcome.detail = code, "stream_broken"
-                    metrics.STREAMS_BROKEN.labels(deployment.name, code).inc()
-                await self._write_out(response, inbox, out, outcome, sse)
-                if sse:
-                    message = str(frame.error.get("message"))
-                    await self._write(response, inbox, sse_error_event(message, code))
-                    break
-                # A plain body cut short cannot be marked inside itself: end the connection without the
-                # final chunk, so the client sees an incomplete response rather than a truncated success.
-                if request.transport is not None:
-                    request.transport.close()
-                outcome.sent = True
-                return response
-        await self._write_out(response, inbox, out, outcome, sse)
-        return await self._end(response, inbox, outcome)
-
-    async def _send_whole(
-        self, request: web.Request, inbox: Inbox, response: web.Response, outcome: Outcome
-    ) -> web.StreamResponse:
-        """Headers and body in one write, within the write deadline."""
-        await response.prepare(request)  # headers are held until the body goes with them
-        return await self._end(response, inbox, outcome)
-
-    async def _end(self, response: web.StreamResponse, inbox: Inbox, outcome: Outcome) -> web.StreamResponse:
-        """Finish the response (what is buffered, then its end) within the write deadline."""
-        try:
-            async with inbox.writing(self.edge.write_timeout_s):
-                await response.write_eof()
-        except TimeoutError as exc:
-            raise _SlowReader(response) from exc
-        outcome.sent = True
-        return response
-
-    async def _write_out(
-        self, response: web.StreamResponse, inbox: Inbox, out: list[bytes], outcome: Outcome, sse: bool
-    ) -> None:
-        """Write the chunks taken so far in one write (and empty `out`)."""
-        if not out:
-            return
-        await self._write(response, inbox, b"".join(out) if len(out) > 1 else out[0])
-        outcome.delivered = sse and out[-1].endswith(SSE_DONE)
-        out.clear()
-
-    async def _write(self, response: web.StreamResponse, inbox: Inbox, data: bytes) -> None:
-        """One write to the client, within the write deadline (and cut at once if its inbox overflows)."""
-        try:
-            async with inbox.writing(self.edge.write_timeout_s):
-                await response.write(data)
-        except TimeoutError as exc:
-            raise _SlowReader(response) from exc
-
-    async def _say_slow(self, request: web.Request, response: web.StreamResponse, sse: bool) -> None:
-        """Tell an SSE client why its stream ends, if its connection can still take a few bytes without waiting."""
-        transport = request.transport
-        if not sse or transport is None or transport.get_write_buffer_size() > 0:
-            return
-        event = sse_error_event("the client read the reply too slowly; the request was cancelled", "slow_reader")
-        with contextlib.suppress(TimeoutError, ConnectionError):
-            async with asyncio.timeout(1.0):
-                await response.write(event)
-
-    def _report(self, outcome: Outcome) -> None:
-        total = time.monotonic() - outcome.started
-        metrics.REQUESTS.labels(outcome.deployment, str(outcome.status)).inc()
-        if outcome.deployment != "-":
-            metrics.DURATION.labels(outcome.deployment).observe(total)
-            if outcome.queue_ms is not None:
-                metrics.QUEUE_WAIT.labels(outcome.deployment).observe(outcome.queue_ms / 1000)
-            if outcome.cold_start_ms is not None:
-                metrics.COLD_START_WAIT.labels(outcome.deployment).observe(outcome.cold_start_ms / 1000)
-        upstream_s = None
-        if outcome.queue_ms is not None and outcome.enqueued is not None:
-            # From a replica taking it (enqueue + its queue wait) to the last byte, which is now: the same measure
-            # in the log line, the histogram and the dashboard's history.
-            upstream_s = max(0.0, time.monotonic() - outcome.enqueued - outcome.queue_ms / 1000)
-        upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 1)
-        if outcome.deployment != "-":
-            if upstream_s is not None:
-                metrics.UPSTREAM.labels(outcome.deployment).observe(upstream_s)
-            queue_s = None if outcome.queue_ms is None else outcome.queue_ms / 1000
-            self.history.observe(outcome.deployment, outcome.failed, queue_s, upstream_s)
-        log.info(
-            "request",
-            deployment=outcome.deployment,
-            request_id=outcome.request_id,
-            key_id=outcome.key_id,
-            client=outcome.client,
-            status=outcome.status,
-            queue_wait_ms=outcome.queue_ms,
-            cold_start_ms=outcome.cold_start_ms,
-            upstream_ms=upstream_ms,
-            total_ms=round(total * 1000, 1),
-            detail=outcome.detail,
-            error=outcome.error,
-        )
-
-
-def _observe_cold_start(deployment: str, record: ColdStart | None) -> None:
-    """Count a cold start this interceptor ended (each is ended once, by its waking request): its outcome, and for
-    a finished one its total and phases."""
-    if record is None:
-        return
-    metrics.COLD_STARTS.labels(deployment, record.outcome).inc()
-    if record.total_ms is None:
-        return
-    metrics.COLD_START.labels(deployment).observe(record.total_ms / 1000)
-    for phase, ms in record.phases.items():
-        metrics.COLD_START_PHASE.labels(deployment, phase).observe(ms / 1000)
-
-
-def whole_body(frames: list[Frame], by: str) -> bytes | None:
-    """The body of a non-streamed answer if `frames` hold all of it up to its end (None: relay it as it comes).
-
-    Follows the relay's rules: frames of `by` only, each numbered chunk once; an error frame means no."""
-    parts: list[bytes] = []
-    last_seq = 0
-    for frame in frames:
-        if frame.by != by:
-            continue
-        if frame.kind is FrameKind.END:
-            return b"".join(parts)
-        if frame.kind is not FrameKind.CHUNK:
-            return None
-        if frame.seq:
-            if frame.seq <= last_seq:
-                continue
-            last_seq = frame.seq
-        parts.append(frame.data)
-    return None
-
-
-def sse_error_code(data: bytes) -> str | None:
-    """The code of an SSE error event in `data` (`data: {"error": {...}}`, or vLLM's `"object": "error"`), if any.
-
-    Unescaped quotes never occur inside a JSON string, so generated text cannot look like this."""
-    for marker in _SSE_ERRORS:
-        at = data.find(marker)
-        if at < 0:
-            continue
-        line = data[at:].split(b"\n", 1)[0].removeprefix(b"data: ")
-        try:
-            event = json.loads(line)
-        except ValueError:
-            return "upstream_failed"
-        error = event.get("error", event) if isinstance(event, dict) else None
-        code = error.get("code") if isinstance(error, dict) else None
-        return str(code) if isinstance(code, str) and code else "upstream_failed"
-    return None
 
 
 def _ended_early(request: web.Request) -> tuple[int, str]:

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from interceptor import metrics
 from interceptor.config import EdgeSettings
-from interceptor.relay import sse_error_code
+from interceptor.respond import sse_error_code
 from tests.interceptor.conftest import TIMEOUT_S, StandInProxy, deployment, eventually, running_edge
 from tests.interceptor.rawhttp import open_raw, port_of
 from tiffin.common.redis_conn import connect_bounded
