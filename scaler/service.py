@@ -99,7 +99,11 @@ class ExternalScaler(pb_grpc.ExternalScalerServicer):
                 return await call()
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("redis_unavailable", reading=what, error=repr(exc))
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"cannot read {what} from Redis: {exc!r}")
+            # The detail (addresses, the driver's text) stays in this log: the message travels to KEDA's events.
+            reason = type(exc).__name__
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"cannot read {what} from Redis ({reason}); see the scaler's log"
+            )
 
     async def _demand(self, deployment: Deployment, context: Context) -> Demand:
         return await self._redis_call(
