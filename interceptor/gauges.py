@@ -23,7 +23,7 @@ from tiffin.contracts.status import DeploymentStatus, read_statuses
 
 log = structlog.get_logger("interceptor")
 
-STATES = ("idle", "waking", "warm")
+STATES = ("idle", "sleeping", "waking", "warm")
 
 
 class _Snapshot(Collector):

@@ -7,7 +7,7 @@
   const STALE_MS = 3 * POLL_MS + 1000; // no fresh answer for this long: say contact is lost
   const FETCH_TIMEOUT_MS = 5000;
   const TOKEN_KEY = "tiffin.adminToken";
-  const STATE_ICONS = { idle: "\u25CB", waking: "\u25D0", warm: "\u25CF" };
+  const STATE_ICONS = { idle: "\u25CB", sleeping: "\u25D2", waking: "\u25D0", warm: "\u25CF" };
 
   const $ = (id) => document.getElementById(id);
   const view = {
@@ -163,6 +163,7 @@
     const items = [
       ["deployments", t.deployments, "deployments"],
       ["idle", t.idle, "idle"],
+      ["sleeping", t.sleeping, "sleeping"],
       ["waking", t.waking, "waking"],
       ["warm", t.warm, "warm"],
       ["api_ready", t.api_ready, "API servers ready"],

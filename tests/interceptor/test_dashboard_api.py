@@ -34,8 +34,8 @@ from tiffin.local.redis_server import free_port
 CHAT = "/v1/chat/completions"
 ENTRY_KEYS = {"name", "state", "api", "runner", "queued", "in_flight", "runner_load", "oldest_waiting_s", "idle_s",
               "last_cold_start", "spark"}  # fmt: skip
-TOTALS_KEYS = {"deployments", "idle", "waking", "warm", "api_ready", "runner_ready", "gpu_runners_ready", "queued",
-               "in_flight"}  # fmt: skip
+TOTALS_KEYS = {"deployments", "idle", "sleeping", "waking", "warm", "api_ready", "runner_ready", "gpu_runners_ready",
+               "queued", "in_flight"}  # fmt: skip
 SERIES_KEYS = {"step_s", "t", "api_ready", "api_desired", "runner_ready", "runner_desired", "requests_per_s",
                "errors_per_s", "queue_wait_p50_s", "queue_wait_p95_s", "upstream_p50_s", "upstream_p95_s"}  # fmt: skip
 
@@ -120,8 +120,8 @@ async def test_the_overview_has_the_contract_shape_states_and_totals(edge: Edge,
     assert big["last_cold_start"] is None
     spark = small["spark"]
     assert spark["step_s"] == 60 and len(spark["t"]) == len(spark["requests_per_s"]) == len(spark["runner_ready"]) == 60
-    assert data["totals"] == {"deployments": 2, "idle": 0, "waking": 1, "warm": 1, "api_ready": 1, "runner_ready": 2,
-                              "gpu_runners_ready": 1, "queued": 1, "in_flight": 1}  # fmt: skip
+    assert data["totals"] == {"deployments": 2, "idle": 0, "sleeping": 0, "waking": 1, "warm": 1, "api_ready": 1,
+                              "runner_ready": 2, "gpu_runners_ready": 1, "queued": 1, "in_flight": 1}  # fmt: skip
     assert set(data["totals"]) == TOTALS_KEYS
 
 

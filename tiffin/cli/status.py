@@ -84,8 +84,10 @@ def render(data: dict[str, Any]) -> str:
             lines.append(f"{dep['name']}: last {ColdStart.from_json(last).describe()}")
     t = data.get("totals")
     if t:
+        asleep = f"{t['sleeping']} sleeping, " if t.get("sleeping") else ""  # only GPU deployments ever sleep
+        states = f"{t['idle']} idle, {asleep}{t['waking']} waking, {t['warm']} warm"
         lines.append(
-            f"{_plural(t['deployments'], 'deployment')}: {t['idle']} idle, {t['waking']} waking, {t['warm']} warm; "
+            f"{_plural(t['deployments'], 'deployment')}: {states}; "
             f"{_plural(t['api_ready'], 'API server')} and {_plural(t['runner_ready'], 'runner')} ready "
             f"({t['gpu_runners_ready']} on GPUs); {t['queued']} queued, {t['in_flight']} in flight"
         )

@@ -105,6 +105,7 @@ def totals(statuses: Sequence[DeploymentStatus], deployments: Sequence[Deploymen
     return {
         "deployments": len(statuses),
         "idle": sum(s.state == "idle" for s in statuses),
+        "sleeping": sum(s.state == "sleeping" for s in statuses),
         "waking": sum(s.state == "waking" for s in statuses),
         "warm": sum(s.state == "warm" for s in statuses),
         "api_ready": sum(s.api.ready for s in statuses),

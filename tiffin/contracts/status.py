@@ -1,7 +1,8 @@
 """Per-deployment status: what `tiffin status` and the admin port's `GET /api/status` report.
 
-State: `warm` (an API server and a runner are ready), `waking` (not warm, and requests wait or run, or more
-replicas are wanted than are ready), `idle` (otherwise: at rest, at zero or at min_replicas).
+State: `warm` (an API server and a runner are ready), `sleeping` (GPU runners asleep in the sleeping tier, nothing
+waiting), `waking` (not warm, and requests wait or run, or more replicas are wanted than are ready), `idle`
+(otherwise: at rest, at zero or at min_replicas).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tiffin.contracts.demand import Demand
 from tiffin.contracts.load import LoadReport
 from tiffin.contracts.queue import now_ms
 
-State = Literal["idle", "waking", "warm"]
+State = Literal["idle", "sleeping", "waking", "warm"]
 
 
 @dataclass(frozen=True)
@@ -76,26 +77,29 @@ async def read_status(redis: Redis, deployment: Deployment) -> DeploymentStatus:
     return (await read_statuses(redis, [deployment]))[0]
 
 
-def state_of(api: ComponentStatus, runner: ComponentStatus, busy: bool, woke: bool) -> State:
-    """warm: an API server and a runner are ready; waking: not warm, and requests wait or run, a cold start is
-    under way, or more replicas are wanted than are ready; idle otherwise."""
+def state_of(api: ComponentStatus, runner: ComponentStatus, busy: bool, woke: bool, asleep: bool = False) -> State:
+    """warm: an API server and a runner are ready; sleeping: the runners sleep (`asleep`: the sleeping tier's mark)
+    and no request waits; waking: not warm, and requests wait or run, a cold start is under way, or more replicas
+    are wanted than are ready; idle otherwise."""
     if api.ready > 0 and runner.ready > 0:
         return "warm"
+    if asleep and not (busy or woke):
+        return "sleeping"  # asleep runners are deregistered but still wanted: not a start under way
     if busy or woke or any((c.desired or 0) > c.ready for c in (api, runner)):
         return "waking"
     return "idle"
 
 
-# KEYS, eleven per deployment: queue, runner-load, runner-load-values, activity, api replicas, runner replicas,
-# desired, cold-start, waking, cold-starts, cluster-ready. ARGV: now ms, the proxies' consumer group. One reply per
-# deployment: {queue length, in flight, id of the oldest waiting entry or nil, live runner load reports, activity, api
-# ready, runner ready, desired (flat), cold start (flat), waking, the newest cold-start record or nil, cluster ready
-# (flat)}. A script, not a pipeline: one command for 50 deployments costs far less to send and parse than 500, and the
-# oldest waiting entry needs the group's last-delivered id first.
+# KEYS, twelve per deployment: queue, runner-load, runner-load-values, activity, api replicas, runner replicas,
+# desired, cold-start, waking, cold-starts, cluster-ready, sleep. ARGV: now ms, the proxies' consumer group. One reply
+# per deployment: {queue length, in flight, id of the oldest waiting entry or nil, live runner load reports, activity,
+# api ready, runner ready, desired (flat), cold start (flat), waking, the newest cold-start record or nil, cluster
+# ready (flat), sleep}. A script, not a pipeline: one command for 50 deployments costs far less to send and parse
+# than 600, and the oldest waiting entry needs the group's last-delivered id first.
 _READ_STATUSES = """
 local out = {}
-for d = 0, #KEYS / 11 - 1 do
-  local k = d * 11
+for d = 0, #KEYS / 12 - 1 do
+  local k = d * 12
   local q = KEYS[k + 1]
   local length = redis.call('XLEN', q)
   local pending, last = 0, nil
@@ -122,7 +126,7 @@ for d = 0, #KEYS / 11 - 1 do
   out[d + 1] = {length, pending, oldest, reports, redis.call('GET', KEYS[k + 4]),
     redis.call('ZCOUNT', KEYS[k + 5], ARGV[1], '+inf'), redis.call('ZCOUNT', KEYS[k + 6], ARGV[1], '+inf'),
     redis.call('HGETALL', KEYS[k + 7]), redis.call('HGETALL', KEYS[k + 8]), redis.call('EXISTS', KEYS[k + 9]),
-    redis.call('LINDEX', KEYS[k + 10], 0), redis.call('HGETALL', KEYS[k + 11])}
+    redis.call('LINDEX', KEYS[k + 10], 0), redis.call('HGETALL', KEYS[k + 11]), redis.call('EXISTS', KEYS[k + 12])}
 end
 return out
 """
@@ -139,7 +143,7 @@ async def read_statuses(redis: Redis, deployments: Sequence[Deployment]) -> list
         for n in names
         for key in (keys.queue(n), keys.runner_load(n), keys.runner_load_values(n), keys.activity(n),
                     keys.replicas(n, "api"), keys.replicas(n, "runner"), keys.desired(n), keys.cold_start(n),
-                    keys.waking(n), keys.cold_starts(n), keys.cluster_ready(n))
+                    keys.waking(n), keys.cold_starts(n), keys.cluster_ready(n), keys.sleep(n))
     ]  # fmt: skip
     replies: Any = await redis.register_script(_READ_STATUSES)(keys=script_keys, args=[now, keys.GROUP])
     return [_status(dep, reply, now) for dep, reply in zip(deployments, replies, strict=True)]
@@ -168,7 +172,7 @@ def _status(dep: Deployment, r: list[Any], now: int) -> DeploymentStatus:
     idle = demand.idle_s()
     return DeploymentStatus(
         name=dep.name,
-        state=state_of(api, runner, demand.busy, bool(r[9])),
+        state=state_of(api, runner, demand.busy, bool(r[9]), asleep=bool(r[12])),
         api=api,
         runner=runner,
         queued=waiting,

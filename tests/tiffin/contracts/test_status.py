@@ -64,3 +64,18 @@ async def test_the_oldest_waiting_request_is_the_first_no_proxy_holds(redis: Red
     await redis.xreadgroup(keys.GROUP, "proxy-1", {keys.queue(DEP): ">"}, count=1)
     (status,) = await read_statuses(redis, [dep])
     assert (status.queued, status.in_flight, status.oldest_waiting_s) == (0, 2, None)
+
+
+async def test_runners_asleep_read_as_sleeping_until_a_request_waits(redis: Redis) -> None:
+    dep = Deployment.model_validate({"name": "sleepy", "model": "smollm2"})
+    await redis.hset(keys.desired("sleepy"), mapping={"runner": 1})  # asleep runners stay wanted, deregistered
+    (status,) = await read_statuses(redis, [dep])
+    assert status.state == "waking"  # wanted but not ready, and no sleep mark: a start under way
+    await redis.set(keys.sleep("sleepy"), "1")  # what the scaling writer sets when the runners go to sleep
+    (status,) = await read_statuses(redis, [dep])
+    assert status.state == "sleeping"
+    queue = DeploymentQueue(redis, "sleepy")
+    await queue.ensure_group()
+    await queue.admit(envelope("wake-up"), max_waiting=10, ttl_s=60)
+    (status,) = await read_statuses(redis, [dep])
+    assert status.state == "waking"  # a request waits: it wakes them
