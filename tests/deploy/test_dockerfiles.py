@@ -15,6 +15,8 @@ import pytest
 from tests.deploy.manifests import ROOT
 
 DOCKERFILES = sorted(ROOT.glob("Dockerfile*"))
+EXAMPLES = sorted(ROOT.glob("examples/*/Dockerfile"))
+"""Images users build on the platform image (an application's module added), each from its own folder."""
 
 
 def _hadolint() -> str:
@@ -35,7 +37,7 @@ def test_there_are_the_three_images() -> None:
     assert [d.name for d in DOCKERFILES] == ["Dockerfile", "Dockerfile.runner", "Dockerfile.runner-cpu"]
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_hadolint_finds_nothing(dockerfile: Path) -> None:
     done = subprocess.run([_hadolint(), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -70,7 +72,7 @@ def test_every_copied_path_exists_and_is_not_dockerignored(dockerfile: Path) -> 
             assert sent(source), f"{dockerfile.name}: COPY {source}: excluded by .dockerignore"
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("dockerfile", DOCKERFILES + EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_the_final_stage_is_pinned_and_runs_as_non_root(dockerfile: Path) -> None:
     steps = _instructions(dockerfile)
     args = dict(a.split("=", 1) for op, a in steps if op == "ARG" and "=" in a)
@@ -84,3 +86,12 @@ def test_the_final_stage_is_pinned_and_runs_as_non_root(dockerfile: Path) -> Non
     # Nothing that compiles is installed into the final stage.
     runs = " ".join(a for op, a in steps[final:] if op == "RUN")
     assert not re.search(r"\b(gcc|g\+\+|build-essential|make)\b", runs), dockerfile.name
+
+
+@pytest.mark.parametrize("dockerfile", EXAMPLES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_an_example_image_copies_files_of_its_own_folder(dockerfile: Path) -> None:
+    copies = [args.split() for op, args in _instructions(dockerfile) if op == "COPY"]
+    assert copies
+    for parts in copies:
+        for source in (p for p in parts[:-1] if not p.startswith("--")):
+            assert (dockerfile.parent / source).is_file(), f"{dockerfile}: COPY {source}: not in its folder"
