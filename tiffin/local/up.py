@@ -37,7 +37,7 @@ from tiffin.local.redis_process import RedisProcess
 from tiffin.local.redis_server import EmbeddedRedis, free_port, redis_data_dir
 from tiffin.local.replicas import LocalReplicas
 from tiffin.local.scaler_client import ScalerClient
-from tiffin.tls.edge import EdgeTLS, plan_edge_tls
+from tiffin.tls.edge import EdgeTLS, keep_local_tls_fresh, plan_edge_tls
 
 _SCALER_READY_S = 60.0
 
@@ -126,6 +126,7 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     scaler = ScalerClient(f"127.0.0.1:{scaler_port}")
     autoscaling: asyncio.Task[None] | None = None
     pool_report: asyncio.Task[None] | None = None
+    renewing: asyncio.Task[None] | None = None
     try:
         # Before the interceptor starts, so it loads the new keys with the rest.
         new_keys = await _api_keys(client, deployments, args)
@@ -159,6 +160,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
             say(f"admin       on {args.admin_host}: every path but /healthz and /readyz needs "
                 f"'Authorization: Bearer' with the token in {token_file} (the dashboard asks for it)")  # fmt: skip
         _say_tls(tls, base, args.host, args.port)
+        if tls.ca_file is not None:  # the local CA's certificate: kept fresh for as long as tiffin up runs
+            renewing = asyncio.create_task(keep_local_tls_fresh(state_dir, args.host, scaling_stop, say))
         say(f"logs        {log_dir}/")
         autoscaler = Autoscaler(scaler, deployments, replicas, client, say)
         autoscaling = asyncio.create_task(autoscaler.run(scaling_stop), name="autoscaler")
@@ -200,6 +203,8 @@ async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
         await replicas.stop_all()
         if pool_report is not None:
             await pool_report
+        if renewing is not None:
+            await renewing
         if pool is not None:
             await pool.stop()
         await core.stop_all()

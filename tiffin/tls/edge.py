@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +19,9 @@ from tiffin.tls.pair import load_pair, pairs_from
 from tiffin.tls.store import EXPIRY_WARNING
 
 _INDENT = " " * 12
+
+RENEW_CHECK_S = 6 * 3600.0
+"""How often a running `tiffin up` checks its local certificate (re-issued 30 days before it expires)."""
 
 
 @dataclass(frozen=True)
@@ -115,3 +121,32 @@ def _shown(path: Path | None) -> str:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
         return str(path.resolve())
+
+
+async def keep_local_tls_fresh(
+    state_dir: Path,
+    host: str,
+    stop: asyncio.Event,
+    say: Callable[[str], None],
+    period_s: float = RENEW_CHECK_S,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> None:
+    """Re-issue the local server certificate while `tiffin up` runs, not only at its start (the interceptor picks
+    renewed files up by itself); until `stop`."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), period_s)
+        if stop.is_set():
+            return
+        try:
+            local = await asyncio.to_thread(ensure_local_tls, state_dir / "tls", hosts_for(host), clock(),
+                                            if_permitted=machine_names(host))  # fmt: skip
+        except OSError as exc:
+            say(f"tls         could not renew the local certificate in {state_dir / 'tls'}: {exc}; retrying later")
+            continue
+        if local.ca_made is not None:
+            say(f"tls         NEW local CA {_shown(local.ca_file)} because {local.ca_made}: clients must trust it "
+                "instead of the previous one")  # fmt: skip
+        if local.issued is not None:
+            say(f"tls         server certificate re-issued by the local CA ({local.issued}); "
+                f"valid until {local.not_after:%Y-%m-%d}, served without a restart")  # fmt: skip

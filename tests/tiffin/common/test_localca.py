@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import socket
 import ssl
@@ -15,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.tiffin.certs import handshake, leaf, listening, write_pair
 from tiffin.tls import CertificateStore, CertPair
+from tiffin.tls.edge import keep_local_tls_fresh
 from tiffin.tls.localca import (
     CA_FILE,
     CA_KEY_FILE,
@@ -117,3 +119,39 @@ async def test_trusting_the_local_ca_cannot_be_abused_for_other_sites(tmp_path: 
     async with listening(store.context) as port:
         with pytest.raises(ssl.SSLCertVerificationError, match="permitted subtree violation"):
             await handshake(port, client, "bank.example")
+
+
+async def test_a_running_tiffin_up_reissues_its_certificate_before_it_expires(tmp_path: Path) -> None:
+    folder = tmp_path / "tls"
+    first = ensure_local_tls(folder, hosts_for("127.0.0.1"))
+    ca = (folder / CA_FILE).read_bytes()
+    stop, said = asyncio.Event(), []
+
+    def say(line: str) -> None:
+        said.append(line)
+        stop.set()  # the first thing it has to say ends the loop
+
+    later = first.not_after - dt.timedelta(days=10)  # a clock ten days before the certificate runs out
+    await asyncio.wait_for(keep_local_tls_fresh(tmp_path, "127.0.0.1", stop, say, period_s=0.01, clock=lambda: later),
+                           timeout=60)  # fmt: skip
+    assert len(said) == 1 and "re-issued" in said[0], said
+    cert = x509.load_pem_x509_certificate((folder / CERT_FILE).read_bytes())
+    assert cert.not_valid_after_utc > first.not_after
+    assert (folder / CA_FILE).read_bytes() == ca  # clients keep trusting the same CA
+
+
+async def test_a_fresh_certificate_is_left_alone_while_tiffin_up_runs(tmp_path: Path) -> None:
+    ensure_local_tls(tmp_path / "tls", hosts_for("127.0.0.1"))
+    before = snapshot(tmp_path / "tls")
+    stop, checks, said = asyncio.Event(), [], []
+
+    def clock() -> dt.datetime:
+        checks.append(1)
+        if len(checks) == 3:
+            stop.set()
+        return dt.datetime.now(dt.UTC)
+
+    await asyncio.wait_for(keep_local_tls_fresh(tmp_path, "127.0.0.1", stop, said.append, period_s=0.01, clock=clock),
+                           timeout=60)  # fmt: skip
+    assert len(checks) >= 3 and said == []
+    assert snapshot(tmp_path / "tls") == before
