@@ -7,6 +7,7 @@ bytes had reached its client ends with the `replica_failed` error event, not a s
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,11 @@ async def test_a_proxy_stopped_past_its_drain_timeout_answers_each_client_once(
         await account(pair, session, results, list(pair.runner_ports.values()))
 
     wait_until("nothing left pending in the queue", lambda: _pending(pair.stack) == 0, REQUEST_TIMEOUT_S)
-    assert "drain_gave_up" in proxy.log()
-    assert "forwarded" in pair.stack.procs[pair.proxy_name("echo-api-2")].log()  # the handed-back request
+    settled = _events(proxy.log(), "drain_gave_up")
+    assert sorted(line["settled"] for line in settled) == ["failed_mid_reply", "released"], settled
+    released = next(line["request_id"] for line in settled if line["settled"] == "released")
+    forwarded = _events(pair.stack.procs[pair.proxy_name("echo-api-2")].log(), "forwarded")
+    assert released in {line["request_id"] for line in forwarded}, forwarded  # the other replica answered it
 
 
 async def _until_at_a_runner(session: aiohttp.ClientSession, ports: list[int], tag: str) -> None:
@@ -76,6 +80,12 @@ async def _until_at_a_runner(session: aiohttp.ClientSession, ports: list[int], t
     async with asyncio.timeout(REQUEST_TIMEOUT_S):
         while tag not in await runner_records(session, ports, "arrivals"):
             await asyncio.sleep(0.05)  # observing another process: no event to await
+
+
+def _events(log: str, event: str) -> list[dict[str, Any]]:
+    """The JSON lines of a component's log that record `event`."""
+    lines = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return [line for line in lines if line.get("event") == event]
 
 
 def _pending(stack: Stack) -> int:
