@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from proxy.chunks import ChunkWriter
 from proxy.chunks import ReplyGone as _ReplyGone
+from proxy.drain import settle
 from tiffin.common.backoff import Backoff, is_nogroup
 from tiffin.common.probe import wait_until_ok
 from tiffin.contracts.config import Deployment
@@ -80,6 +81,11 @@ _ORPHAN_IDLE_S = 5.0
 """An entry pending for this proxy that no task of its serves (its task ended without acknowledging it, as when
 Redis was unreachable) is served again once idle this long."""
 
+_SETTLE_S = 5.0
+"""Past the drain timeout, how long settling the requests still held may take (a few Redis round trips each);
+one still unsettled then (Redis unreachable) stays pending, and is served again once this replica's heartbeat
+lapses."""
+
 _MAX_DROPS = 3
 """API servers a request may see die under it before any reply byte; past that it is likely the request's own
 doing (a poison request) and it is answered 502 instead of being offered to yet another replica."""
@@ -109,6 +115,7 @@ class Proxy:
         self._checks: set[asyncio.Task[None]] = set()
         self.concurrency = deployment.api.concurrency
         self.stopping = asyncio.Event()
+        self._giving_up = False  # the drain timed out: held requests are settled, not served
         self._active: set[asyncio.Task[None]] = set()
         self._held: set[bytes] = set()  # entry ids a task of this proxy is serving
         self._capacity = asyncio.Event()
@@ -201,12 +208,25 @@ class Proxy:
                 log.warning("reclaim_failed", error=str(exc))
 
     async def drain(self, timeout_s: float) -> None:
-        """Let in-flight requests finish; past the timeout, leave them pending for another replica."""
-        if self._active:
-            log.info("draining", in_flight=self.busy)
-            _done, pending = await asyncio.wait(self._active, timeout=timeout_s)
-            for task in pending:
-                task.cancel()
+        """Let in-flight requests finish; past the timeout, stop their upstream calls and settle each by its state
+        (`proxy.drain.settle`): one whose reply had not started goes back to the queue at once for another replica,
+        one under way ends with a `replica_failed` error frame."""
+        if not self._active:
+            return
+        log.info("draining", in_flight=self.busy)
+        _done, pending = await asyncio.wait(self._active, timeout=timeout_s)
+        if not pending:
+            return
+        self._giving_up = True
+        log.warning("drain_timeout", in_flight=len(pending), timeout_s=timeout_s)
+        for call in self._calls.values():
+            call.cancel()
+        _done, stuck = await asyncio.wait(pending, timeout=_SETTLE_S)
+        for task in stuck:
+            task.cancel()  # unacknowledged, so served again once this replica's heartbeat lapses
+        if stuck:
+            log.error("drain_unsettled", requests=len(stuck))
+            await asyncio.wait(stuck)
 
     def _spawn(self, delivery: Delivery) -> None:
         task = asyncio.create_task(self._handle_through_outage(delivery), name=f"req-{delivery.envelope.request_id}")
@@ -290,15 +310,29 @@ class Proxy:
             await self.queue.finish(delivery.entry_id)
             log.info("skipped", request_id=rid, state=state)
             return
+        if self._giving_up:  # taken just as the drain gave up: never forwarded, so back to the queue
+            log.warning("drain_gave_up", request_id=rid, settled=await settle(self.queue, delivery, self.replica_id))
+            return
         queue_ms = now_ms() - envelope.enqueued_ms
         started = time.monotonic()
         stream = asyncio.create_task(self._forward(delivery, queue_ms))
         self._calls[rid] = stream
         try:
-            await asyncio.wait({stream})  # cancelled by `cancel_loop` if the client goes away
+            # The call is cancelled by `cancel_loop` if the client goes away, or by `drain` past its timeout.
+            await asyncio.wait({stream})
+        except asyncio.CancelledError:
+            stream.cancel()  # this task stopped from outside: its call stops too; the entry stays unacknowledged
+            raise
         finally:
             self._calls.pop(rid, None)
-            ending = stream.result() if stream.done() and not stream.cancelled() and not stream.exception() else None
+        if stream.cancelled():
+            settled = await settle(self.queue, delivery, self.replica_id)
+            if self._giving_up:
+                log.warning("drain_gave_up", request_id=rid, settled=settled)
+                return
+            ending = None
+        else:
+            ending = None if stream.exception() else stream.result()
             if ending == "forwarded" or ending is None:
                 await self.queue.finish(delivery.entry_id, rid)  # answered or failed: its saved result can go too
             # "answered": the answer script acknowledged it and dropped its saved result in the same step

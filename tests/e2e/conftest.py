@@ -108,8 +108,7 @@ class Stack:
                 TIFFIN_DEPLOYMENT=deployment,
                 TIFFIN_REPLICA_ID=replica_id,
                 TIFFIN_UPSTREAM_URL=f"http://127.0.0.1:{api_port}",
-                TIFFIN_DRAIN_TIMEOUT_S="5",
-                **extra,
+                **{"TIFFIN_DRAIN_TIMEOUT_S": "5", **extra},  # `extra` may set another drain timeout
             ),
             self.log_dir,
         )

@@ -35,9 +35,18 @@ class Pair:
     def proxy_name(self, api: str) -> str:
         return f"{api}-proxy"
 
+    def start_proxy(self, api: str, registered: int) -> None:
+        """Start the proxy of API server `api` (left out by `start_pair`), and wait until `registered` api replicas
+        are registered, this one among them."""
+        self.stack.start_proxy(DEPLOYMENT, api, self.api_ports[api])
+        wait_registered(self.stack, {"api": registered})
 
-def start_pair(stack_factory: Any, tmp_path: Path) -> Pair:
-    """A stack for deployment `echo` with two runners, two API servers and their proxies, and one interceptor."""
+
+def start_pair(
+    stack_factory: Any, tmp_path: Path, proxies: tuple[str, ...] = ("echo-api-1", "echo-api-2"), **proxy_env: str
+) -> Pair:
+    """A stack for deployment `echo` with two runners, two API servers, the proxies of those named in `proxies`
+    (with `proxy_env` added to their environment; `Pair.start_proxy` starts the others), and one interceptor."""
     stack: Stack = stack_factory([write_deployment(tmp_path, DEPLOYMENT)])
     runner_ports: dict[str, int] = {}
     for name in ("echo-runner-1", "echo-runner-2"):
@@ -47,16 +56,23 @@ def start_pair(stack_factory: Any, tmp_path: Path) -> Pair:
     api_ports: dict[str, int] = {}
     for name in ("echo-api-1", "echo-api-2"):
         _, api_ports[name] = stack.start_api(DEPLOYMENT, name)
-        stack.start_proxy(DEPLOYMENT, name, api_ports[name])
+        if name in proxies:
+            stack.start_proxy(DEPLOYMENT, name, api_ports[name], **proxy_env)
     stack.start_interceptor()
+    wait_registered(stack, {"runner": 2, "api": len(proxies)})
+    return Pair(stack, runner_ports, api_ports)
+
+
+def wait_registered(stack: Stack, counts: dict[str, int]) -> None:
+    """Wait until each component has exactly that many replicas registered (an api replica registers through its
+    proxy)."""
     client = redis.Redis.from_url(stack.redis_url)
     try:
-        for component in keys.COMPONENTS:
-            wait_until(f"two {component} replicas registered",
-                       lambda c=component: client.zcard(keys.replicas(DEPLOYMENT, c)) == 2, 60)  # fmt: skip
+        for component, count in counts.items():
+            wait_until(f"{count} {component} replicas registered",
+                       lambda c=component, n=count: client.zcard(keys.replicas(DEPLOYMENT, c)) == n, 60)  # fmt: skip
     finally:
         client.close()
-    return Pair(stack, runner_ports, api_ports)
 
 
 @dataclass

@@ -329,6 +329,14 @@ class DeploymentQueue:
             written, *_ = await pipe.execute()
         return written is not None
 
+    async def holds(self, consumer: str, entry_id: bytes) -> bool:
+        """Whether the entry is pending for `consumer`: read or claimed by it, and not acknowledged since (an answer,
+        a hand-back or a skip acknowledges it; a reclaim makes it another consumer's)."""
+        items: Any = await self.redis.xpending_range(
+            self.key, keys.GROUP, min=entry_id, max=entry_id, count=1, consumername=consumer
+        )
+        return bool(items)
+
     async def reply_open(self, reply_to: str) -> bool:
         """Whether the interceptor behind `reply_to` is still there to read a reply."""
         return bool(await self.redis.exists(reply_to))
