@@ -5,6 +5,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from tiffin.common.env import redis_url
+from tiffin.common.redis_batch import BatchingRedis
 from tiffin.common.redis_pool import FastBlockingConnectionPool, FastConnectionPool
 from tiffin.common.redis_retry import reconnect_once
 
@@ -18,9 +19,12 @@ def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
     return Redis.from_pool(pool)
 
 
-def connect_bounded(url: str, *, max_connections: int, timeout_s: float) -> Redis:
+def connect_bounded(url: str, *, max_connections: int, timeout_s: float, batched: bool = False) -> Redis:
     """A client whose every wait is bounded: for a pooled connection (a burst queues for one instead of
-    failing), for a connection to Redis, and for each reply, each at most `timeout_s`."""
+    failing), for a connection to Redis, and for each reply, each at most `timeout_s`.
+
+    `batched`: the commands of one event-loop turn go out as one pipeline (`BatchingRedis`; no blocking
+    commands on such a client)."""
     pool = FastBlockingConnectionPool.from_url(
         url,
         decode_responses=False,
@@ -31,4 +35,4 @@ def connect_bounded(url: str, *, max_connections: int, timeout_s: float) -> Redi
         health_check_interval=30,
         **reconnect_once(),  # after a Redis restart its idle connections are dead: replace, not fail
     )
-    return Redis.from_pool(pool)
+    return (BatchingRedis if batched else Redis).from_pool(pool)
