@@ -41,7 +41,10 @@ async def serve(settings: InterceptorSettings) -> None:
     # Requests share a bounded pool: a burst waits briefly for a connection rather than failing (see
     # TIFFIN_REDIS_MAX_CONNECTIONS). The reply reader has a client of its own, so no burst can delay replies.
     redis = connect_bounded(
-        settings.redis_url, max_connections=settings.redis_max_connections, timeout_s=settings.edge.redis_timeout_s
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout_s=settings.edge.redis_timeout_s,
+        batched=True,  # requests move in step under load: their commands of one loop turn go out together
     )
     reader_redis = connect_bounded(settings.redis_url, max_connections=2, timeout_s=READER_SOCKET_TIMEOUT_S)
     reader = ReplyReader(reader_redis, settings.interceptor_id, settings.reply_ttl_s)

@@ -68,6 +68,20 @@ async def read_body(request: web.BaseRequest, limit: int, timeout_s: float) -> b
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes")
     decoder = None if encoding in IDENTITY else _Decoder(encoding, limit)
+    if request.content.is_eof():
+        # The whole body came with its head (nearly every request): nothing to wait for, so no timer and no
+        # async iteration; the same limits, decoding and errors as below.
+        try:
+            raw = request.content.read_nowait()
+        except web.RequestPayloadError as exc:
+            raise BadRequest("the request body is malformed", code="bad_body") from exc
+        if len(raw) > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        if decoder is None:
+            return raw
+        decoded = decoder.feed(raw)
+        decoder.finish()
+        return decoded
     chunks: list[bytes] = []
     size = 0
     try:

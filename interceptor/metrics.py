@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry()
@@ -62,3 +64,17 @@ STREAMS_BROKEN = Counter(
     "deployment and the error that ended them; tiffin_requests_total counts them under the status they began with.",
     ["deployment", "error"], registry=REGISTRY,
 )  # fmt: skip
+
+
+_CHILDREN: dict[tuple[Any, ...], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """`metric.labels(*labels)`, kept: the per-request metrics look their few children up here, not through
+    prometheus_client's validation and lock each time (nothing here ever removes a child)."""
+    key = (metric, *labels)
+    try:
+        return _CHILDREN[key]
+    except KeyError:
+        found = _CHILDREN[key] = metric.labels(*labels)
+        return found

@@ -50,11 +50,11 @@ class Outcome:
 def report(outcome: Outcome, history: TrafficRecorder) -> None:
     """Count a finished request in the metrics and the dashboard's history, and write its log line."""
     total = time.monotonic() - outcome.started
-    metrics.REQUESTS.labels(outcome.deployment, str(outcome.status)).inc()
+    metrics.child(metrics.REQUESTS, outcome.deployment, str(outcome.status)).inc()
     if outcome.deployment != "-":
-        metrics.DURATION.labels(outcome.deployment).observe(total)
+        metrics.child(metrics.DURATION, outcome.deployment).observe(total)
         if outcome.queue_ms is not None:
-            metrics.QUEUE_WAIT.labels(outcome.deployment).observe(outcome.queue_ms / 1000)
+            metrics.child(metrics.QUEUE_WAIT, outcome.deployment).observe(outcome.queue_ms / 1000)
         if outcome.cold_start_ms is not None:
             metrics.COLD_START_WAIT.labels(outcome.deployment).observe(outcome.cold_start_ms / 1000)
     upstream_s = None
@@ -65,7 +65,7 @@ def report(outcome: Outcome, history: TrafficRecorder) -> None:
     upstream_ms = None if upstream_s is None else round(upstream_s * 1000, 1)
     if outcome.deployment != "-":
         if upstream_s is not None:
-            metrics.UPSTREAM.labels(outcome.deployment).observe(upstream_s)
+            metrics.child(metrics.UPSTREAM, outcome.deployment).observe(upstream_s)
         queue_s = None if outcome.queue_ms is None else outcome.queue_ms / 1000
         history.observe(outcome.deployment, outcome.failed, queue_s, upstream_s)
     log.info(

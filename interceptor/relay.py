@@ -182,7 +182,7 @@ class Relay:
         except BackendUnavailable:
             metrics.REJECTED.labels(deployment.name, "backend_unavailable").inc()
             raise
-        metrics.IN_PROGRESS.labels(deployment.name).inc()
+        metrics.child(metrics.IN_PROGRESS, deployment.name).inc()
         inbox = self.reader.subscribe(outcome.request_id, self.edge.reply_buffer_bytes)
         entry_id: bytes | None = None
         wake_open = False  # this request started a cold start that is not recorded yet
@@ -249,7 +249,7 @@ class Relay:
             raise
         finally:
             self.reader.unsubscribe(outcome.request_id)
-            metrics.IN_PROGRESS.labels(deployment.name).dec()
+            metrics.child(metrics.IN_PROGRESS, deployment.name).dec()
             cleanup = self._clean_up(
                 deployment.name, queue, slot, outcome.request_id, wake_open, entry_id is not None and not withdrawn
             )

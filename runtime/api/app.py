@@ -73,6 +73,17 @@ class Metrics:
             "tiffin_api_runner_failures", "Failed attempts at a runner, by kind.", ["runner", "kind"],
             registry=self.registry,
         )  # fmt: skip
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, kept: per-request lookups skip prometheus_client's validation and lock
+        (nothing removes a child)."""
+        key = (metric, *labels)
+        try:
+            return self._children[key]
+        except KeyError:
+            found = self._children[key] = metric.labels(*labels)
+            return found
 
 
 SETTINGS = web.AppKey("settings", ApiSettings)
@@ -200,7 +211,8 @@ async def complete(request: web.Request) -> web.StreamResponse:
         outcome.status, outcome.error = 499, "client_gone"  # the client closed the connection (nginx's 499)
         raise
     finally:
-        request.app[METRICS].requests.labels(outcome.runner or "none", str(outcome.status)).inc()
+        stats = request.app[METRICS]
+        stats.child(stats.requests, outcome.runner or "none", str(outcome.status)).inc()
         log.info(
             "request", request_id=rid, path=request.path, runner=outcome.runner, status=outcome.status,
             error=outcome.error, ms=round((time.monotonic() - started) * 1000, 1),
@@ -267,7 +279,7 @@ async def _forward(
             raise
         outcome.runner = lease.runner_id
         stats.runner_wait.observe(lease.waited_s)
-        stats.in_flight.labels(lease.runner_id).set(balancer.load(lease.runner_id))
+        stats.child(stats.in_flight, lease.runner_id).set(balancer.load(lease.runner_id))
         try:
             upstream = await app[HTTP].post(
                 lease.url + request.path,
@@ -302,7 +314,8 @@ async def _forward(
 
 def _release(app: web.Application, lease: Lease) -> None:
     lease.release()
-    app[METRICS].in_flight.labels(lease.runner_id).set(app[BALANCER].load(lease.runner_id))
+    stats = app[METRICS]
+    stats.child(stats.in_flight, lease.runner_id).set(app[BALANCER].load(lease.runner_id))
 
 
 async def _relay(

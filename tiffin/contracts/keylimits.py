@@ -68,6 +68,13 @@ end
 return #KEYS
 """
 
+# KEYS: slots, a key the caller is done with. ARGV: slot id. A slot freed and the request's state deleted in one
+# command (a client that batches the commands of a loop turn sends many requests' releases together).
+_RELEASE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('DEL', KEYS[2])
+"""
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -85,6 +92,7 @@ class KeyLimiter:
         self.lease_ms = max(1000, int(lease_s * 1000))
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
         self.held: dict[str, Slot] = {}
 
     async def acquire(self, key_id: str, deployment: str, limits: KeyLimits, request_id: str) -> Slot | None:
@@ -128,12 +136,12 @@ class KeyLimiter:
         if slot is not None:
             self.held.pop(slot.request_id, None)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                if slot is not None:
-                    pipe.zrem(slot.key, slot.request_id)
-                if also_delete is not None:
-                    pipe.delete(also_delete)
-                await pipe.execute()
+            if slot is None:
+                await self.redis.delete(also_delete)  # type: ignore[arg-type]  # not None: checked above
+            elif also_delete is None:
+                await self.redis.zrem(slot.key, slot.request_id)
+            else:
+                await self._release(keys=[slot.key, also_delete], args=[slot.request_id])
         except (RedisError, OSError) as exc:
             log.warning("key_slot_release_failed", error=str(exc))
 
