@@ -23,6 +23,18 @@ except ImportError:  # redis-py before 5.3 has no event dispatcher: nothing list
     AsyncAfterConnectionReleasedEvent = None  # type: ignore[assignment,misc]
 
 
+def _internals_known() -> bool:
+    """Whether this redis-py keeps its pool the way the fast path expects (checked once, at import)."""
+    pool = ConnectionPool()
+    return (isinstance(getattr(pool, "_available_connections", None), list)
+            and isinstance(getattr(pool, "_in_use_connections", None), set)
+            and callable(getattr(pool, "ensure_connection", None)))  # fmt: skip
+
+
+FAST_PATH = _internals_known()
+"""False on a redis-py whose pool internals differ: every call then takes redis-py's own path, slower but right."""
+
+
 class _FastPath:
     """Take and give back an idle connection without locks or hooks when nothing else is going on."""
 
@@ -32,6 +44,8 @@ class _FastPath:
 
     def _quiet(self) -> bool:
         """No task waits for a connection and no maintenance move is rewriting the pool."""
+        if not FAST_PATH:
+            return False
         lock = getattr(self, "_lock", None)
         if getattr(self, "_in_maintenance", False) or (lock is not None and lock.locked()):
             return False
@@ -41,7 +55,7 @@ class _FastPath:
 
     async def get_connection(self, *args: Any, **options: Any) -> AbstractConnection:
         """An idle connection at once when there is one and nobody waits; otherwise redis-py's own path."""
-        if args or options or not self._available_connections or not self._quiet():
+        if args or options or not self._quiet() or not self._available_connections:
             connection: AbstractConnection = await super().get_connection(*args, **options)  # type: ignore[misc]
             return connection
         connection = self._available_connections.pop()
