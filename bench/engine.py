@@ -45,6 +45,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+import proctree  # noqa: E402
 from coldstart import Tiffin, first_token, until  # noqa: E402
 from overhead import registered_runner  # noqa: E402
 from peers import KEY_PRINTED  # noqa: E402
@@ -63,6 +64,8 @@ CLIENT_SHIM = (
     "add_cli_args(parser)\n"
     "main(parser.parse_args(sys.argv[1:]))\n"
 )
+PATH_COMPONENTS = ("interceptor", "proxy", "api server", "redis")  # tiffin's request path (proctree's names)
+ENGINE = "runner + engine (vLLM)"  # the runner's supervisor, vLLM's processes (forked or spawned) and the pool
 # What each run keeps from vLLM's result file (the file itself stays in the logs), besides every request's TTFT.
 KEPT = ("completed", "failed", "duration", "request_throughput", "output_throughput", "total_token_throughput",
         "total_input_tokens", "total_output_tokens", "mean_ttft_ms", "median_ttft_ms", "p99_ttft_ms",
@@ -112,7 +115,7 @@ def run_client(
                "--random-output-len", str(args.output_len), "--random-range-ratio", "0", "--ignore-eos",
                "--temperature", "0", "--num-prompts", str(args.prompts), "--max-concurrency", str(concurrency),
                "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
-               "--disable-tqdm", "--save-result", "--result-dir", str(out.parent),
+               "--disable-tqdm", "--save-result", "--save-detailed", "--result-dir", str(out.parent),
                "--result-filename", out.name]  # fmt: skip
     # The key goes to tiffin as a bearer token; vLLM, started without --api-key, ignores it.
     env = {**os.environ, "OPENAI_API_KEY": key, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -127,6 +130,15 @@ def run_client(
     if result.get("failed") or result.get("completed") != args.prompts:
         raise SystemExit(f"engine: {result.get('failed')} of {args.prompts} requests failed at {base_url}; see {log}")
     return {name: result[name] for name in KEPT if name in result} | {"ttfts_s": result.get("ttfts")}
+
+
+def cpu_used(root: int, before: dict[str, float]) -> dict[str, float]:
+    """CPU seconds each component under `root` used since `before`; the runner and vLLM's processes as one."""
+    used: dict[str, float] = {}
+    for name, seconds in proctree.cpu_by_component(root).items():
+        kind = name if name in PATH_COMPONENTS or name in ("scaler", "tiffin up") else ENGINE
+        used[kind] = used.get(kind, 0.0) + seconds - before.get(name, 0.0)
+    return {name: round(seconds, 3) for name, seconds in used.items()}
 
 
 def median(values: list[float]) -> float:
@@ -151,6 +163,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
         row["added_ttft_p50_ms"] = median([t["median_ttft_ms"] - d["median_ttft_ms"] for d, t in _paired(pairs)])
         row["added_ttft_p99_ms"] = median([t["p99_ttft_ms"] - d["p99_ttft_ms"] for d, t in _paired(pairs)])
         row["tokens_ratio"] = median([t["output_throughput"] / d["output_throughput"] for d, t in _paired(pairs)])
+        cpu = [run for run in runs if run["concurrency"] == concurrency and "cpu_s" in run]
+        for target in ("direct", "tiffin"):
+            mine = [run["cpu_s"] for run in cpu if run["target"] == target]
+            row[f"{target}_engine_cpu_s"] = median([c.get(ENGINE, 0.0) for c in mine])
+            row[f"{target}_path_cpu_s"] = median([sum(c.get(n, 0.0) for n in PATH_COMPONENTS) for c in mine])
         table[concurrency] = row
     return table
 
@@ -174,6 +191,9 @@ def render(table: dict[int, dict[str, float]]) -> str:
             f"{row['added_ttft_p99_ms']:+16.1f}",
             f"  {'output tokens/s':16} {row['direct_output_throughput']:9.1f} {row['tiffin_output_throughput']:9.1f} "
             f"{'x' + format(row['tokens_ratio'], '.3f'):>16}   >= x{TARGET_TOKENS_RATIO:g}: {tokens_met}",
+            f"  {'CPU s, engine':16} {row['direct_engine_cpu_s']:9.1f} {row['tiffin_engine_cpu_s']:9.1f}",
+            f"  {'CPU s, tiffin':16} {row['direct_path_cpu_s']:9.2f} {row['tiffin_path_cpu_s']:9.2f}"
+            "   (interceptor, proxy, API server, Redis)",
         ]  # fmt: skip
     return "\n".join(lines)
 
@@ -221,11 +241,14 @@ def measure(args: argparse.Namespace, work: Path, logs: Path, cache_dir: Path) -
                 for target in order:
                     seed = args.seed + len(runs)  # prompts of its own: no prefix-cache hits from the run before
                     out = logs / f"r{round_no}-c{concurrency}-{target}.json"
-                    started = time.monotonic()
+                    started, cpu_before = time.monotonic(), proctree.cpu_by_component(up.proc.pid)
                     result = run_client(targets[target], key, model_dir, served, concurrency, args, seed, out,
                                         client_log)  # fmt: skip
+                    # CPU over the client's whole run (its start-up included): the engine's and tiffin's own share
+                    cpu = cpu_used(up.proc.pid, cpu_before)
                     runs.append({"round": round_no, "concurrency": concurrency, "target": target, "seed": seed,
-                                 "wall_s": round(time.monotonic() - started, 1), "result": result})  # fmt: skip
+                                 "wall_s": round(time.monotonic() - started, 1), "cpu_s": cpu,
+                                 "result": result})  # fmt: skip
                     say(
                         f"round {round_no} c={concurrency:<3} {target:6} TTFT p50 {result['median_ttft_ms']:.1f} ms "
                         f"p99 {result['p99_ttft_ms']:.1f} ms, {result['output_throughput']:.1f} tokens/s"
