@@ -1,6 +1,6 @@
 """The request path with the real engine: vLLM's own benchmark client against one runner, direct and through tiffin.
 
-    .venv/bin/python bench/engine.py [--concurrency 1,4,16] [--prompts 32] [--rounds 3] [--json out.json]
+    .venv/bin/python bench/engine.py [--concurrency 1,4,16] [--prompts N] [--rounds 3] [--json out.json]
 
 `tiffin up` serves the README's default deployment (examples/smollm2.yaml: SmolLM2-135M on vLLM's CPU build), in
 a copy of its config that keeps it warm for the whole run (idle period of hours), lets the runner take as many
@@ -113,7 +113,8 @@ def run_client(
                "--base-url", base_url, "--model", str(model_dir), "--served-model-name", served,
                "--tokenizer", str(model_dir), "--dataset-name", "random", "--random-input-len", str(args.input_len),
                "--random-output-len", str(args.output_len), "--random-range-ratio", "0", "--ignore-eos",
-               "--temperature", "0", "--num-prompts", str(args.prompts), "--max-concurrency", str(concurrency),
+               "--temperature", "0", "--num-prompts", str(prompts(args, concurrency)),
+               "--max-concurrency", str(concurrency),
                "--seed", str(seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
                "--disable-tqdm", "--save-result", "--save-detailed", "--result-dir", str(out.parent),
                "--result-filename", out.name]  # fmt: skip
@@ -127,8 +128,8 @@ def run_client(
     if done.returncode != 0 or not out.exists():
         raise SystemExit(f"engine: vllm bench serve failed ({done.returncode}) against {base_url}; see {log}")
     result = json.loads(out.read_text())
-    if result.get("failed") or result.get("completed") != args.prompts:
-        raise SystemExit(f"engine: {result.get('failed')} of {args.prompts} requests failed at {base_url}; see {log}")
+    if result.get("failed") or result.get("completed") != prompts(args, concurrency):
+        raise SystemExit(f"engine: {result.get('failed')} requests failed at {base_url}; see {log}")
     return {name: result[name] for name in KEPT if name in result} | {"ttfts_s": result.get("ttfts")}
 
 
@@ -139,6 +140,12 @@ def cpu_used(root: int, before: dict[str, float]) -> dict[str, float]:
         kind = name if name in PATH_COMPONENTS or name in ("scaler", "tiffin up") else ENGINE
         used[kind] = used.get(kind, 0.0) + seconds - before.get(name, 0.0)
     return {name: round(seconds, 3) for name, seconds in used.items()}
+
+
+def prompts(args: argparse.Namespace, concurrency: int) -> int:
+    """Requests per run: --prompts, else four waves of `concurrency` (at least 16). With a single wave every
+    request after the first is prefilled in one engine step, so TTFT would be that one step's duration."""
+    return int(args.prompts or max(16, 4 * concurrency))
 
 
 def median(values: list[float]) -> float:
@@ -158,10 +165,11 @@ def summarise(runs: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
         pairs = [pair for pair in rounds.values() if {"direct", "tiffin"} <= pair.keys()]
         row: dict[str, float] = {"rounds": len(pairs)}
         for target in ("direct", "tiffin"):
-            for figure in ("median_ttft_ms", "p99_ttft_ms", "output_throughput"):
+            for figure in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput"):
                 row[f"{target}_{figure}"] = median([p[target][figure] for p in pairs])
         row["added_ttft_p50_ms"] = median([t["median_ttft_ms"] - d["median_ttft_ms"] for d, t in _paired(pairs)])
         row["added_ttft_p99_ms"] = median([t["p99_ttft_ms"] - d["p99_ttft_ms"] for d, t in _paired(pairs)])
+        row["added_tpot_p50_ms"] = median([t["median_tpot_ms"] - d["median_tpot_ms"] for d, t in _paired(pairs)])
         row["tokens_ratio"] = median([t["output_throughput"] / d["output_throughput"] for d, t in _paired(pairs)])
         cpu = [run for run in runs if run["concurrency"] == concurrency and "cpu_s" in run]
         for target in ("direct", "tiffin"):
@@ -189,6 +197,8 @@ def render(table: dict[int, dict[str, float]]) -> str:
             f"{row['added_ttft_p50_ms']:+16.1f}   <= +{TARGET_TTFT_ADDED_MS:g} ms: {ttft_met}",
             f"  {'TTFT p99 ms':16} {row['direct_p99_ttft_ms']:9.1f} {row['tiffin_p99_ttft_ms']:9.1f} "
             f"{row['added_ttft_p99_ms']:+16.1f}",
+            f"  {'TPOT p50 ms':16} {row['direct_median_tpot_ms']:9.1f} {row['tiffin_median_tpot_ms']:9.1f} "
+            f"{row['added_tpot_p50_ms']:+16.1f}",
             f"  {'output tokens/s':16} {row['direct_output_throughput']:9.1f} {row['tiffin_output_throughput']:9.1f} "
             f"{'x' + format(row['tokens_ratio'], '.3f'):>16}   >= x{TARGET_TOKENS_RATIO:g}: {tokens_met}",
             f"  {'CPU s, engine':16} {row['direct_engine_cpu_s']:9.1f} {row['tiffin_engine_cpu_s']:9.1f}",
@@ -224,6 +234,9 @@ def measure(args: argparse.Namespace, work: Path, logs: Path, cache_dir: Path) -
     up = Tiffin(config, work, cache_dir, pool=True)
     try:
         until(lambda: up.printed(f"ready: {name}"), 300, "tiffin up ready")
+        pool_log = up.pool_log
+        if pool_log is not None:  # so the runner is forked from the pool, as a user's normally is
+            until(lambda: "runner-pool: ready" in pool_log.read_text(), 300, "the runner pool imported vLLM")
         found = KEY_PRINTED.search(up.log_path.read_text())
         if not found:
             raise SystemExit(f"engine: tiffin up printed no API key; see {up.log_path}")
@@ -265,7 +278,7 @@ def measure(args: argparse.Namespace, work: Path, logs: Path, cache_dir: Path) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", default="1,4,16", help="comma-separated --max-concurrency values")
-    parser.add_argument("--prompts", type=int, default=32, help="requests per run (default 32)")
+    parser.add_argument("--prompts", type=int, default=None, help="requests per run (default: 4 x concurrency, >= 16)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--input-len", type=int, default=128, help="prompt tokens per request (default 128)")
     parser.add_argument("--output-len", type=int, default=64, help="generated tokens per request (default 64)")
@@ -278,7 +291,7 @@ def main() -> int:
         args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     except ValueError:
         raise SystemExit(f"engine: --concurrency wants integers such as 1,4,16, not {args.concurrency!r}") from None
-    if not args.concurrency or min(args.concurrency) < 1 or args.prompts < 1 or args.rounds < 1:
+    if not args.concurrency or min(args.concurrency) < 1 or (args.prompts or 1) < 1 or args.rounds < 1:
         raise SystemExit("engine: --concurrency values, --prompts and --rounds must be at least 1")
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -289,7 +302,8 @@ def main() -> int:
         "client": "vllm bench serve" + (" (in a child interpreter)" if client_command()[1] == "-c" else ""),
         "versions": versions(),
         "machine": machine(),
-        "settings": {"concurrency": args.concurrency, "prompts": args.prompts, "rounds": args.rounds,
+        "settings": {"concurrency": args.concurrency, "rounds": args.rounds,
+                     "prompts": {str(c): prompts(args, c) for c in args.concurrency},
                      "input_len": args.input_len, "output_len": args.output_len, "config": str(args.config),
                      "endpoint": "/v1/chat/completions, streamed"},
     }  # fmt: skip
@@ -310,8 +324,9 @@ def main() -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     load = report["machine"]
-    print(f"vllm bench serve, direct vs through tiffin: {args.prompts} streamed chat requests per run, input "
-          f"{args.input_len} / output {args.output_len} tokens; {report['machine']['cores']} cores, load average "
+    per_run = ", ".join(f"{n} at {c}" for c, n in report["settings"]["prompts"].items())
+    print(f"vllm bench serve, direct vs through tiffin: streamed chat requests per run {per_run}; input "
+          f"{args.input_len} / output {args.output_len} tokens; {load['cores']} cores, load average "
           f"{load['load_before'][0]:.2f} before, {load['load_after'][0]:.2f} after; commit {report['commit']}"
           + render(table))  # fmt: skip
     say(f"results: {path}")
