@@ -16,10 +16,11 @@ produces the same number of tokens), the local model folder as the tokenizer, `-
 saved as JSON and read back. For each round and concurrency both targets run one after the other, the order
 alternating, each run with prompts of its own (a fresh seed: vLLM's prefix cache must not favour the second).
 
-Reported per concurrency: TTFT p50 and p99 and output tokens/s, direct and through tiffin (medians over rounds),
-tiffin's added TTFT and its throughput ratio (medians of the per-round differences and ratios), beside issue 13's
-targets. JSON (`--json`, else .bench/results/engine-STAMP.json): every run's figures, the machine (cores, load
-average before and after), the commit and the command.
+Reported per concurrency: TTFT p50 and p99, TPOT p50 and output tokens/s, direct and through tiffin (medians over
+rounds), tiffin's added TTFT and TPOT and its throughput ratio (medians of the per-round differences and ratios),
+beside issue 13's targets, and the CPU seconds of the engine and of tiffin's path per run (from /proc). JSON
+(`--json`, else .bench/results/engine-STAMP.json): every run's figures, the machine (cores, load average before
+and after), the commit and the command; the logs and vLLM's own result files stay in .bench/logs/engine-STAMP/.
 """
 
 from __future__ import annotations
