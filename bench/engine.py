@@ -18,7 +18,7 @@ alternating, each run with prompts of its own (a fresh seed: vLLM's prefix cache
 
 Reported per concurrency: TTFT p50 and p99, TPOT p50 and output tokens/s, direct and through tiffin (medians over
 rounds), tiffin's added TTFT and TPOT and its throughput ratio (medians of the per-round differences and ratios),
-beside issue 13's targets, and the CPU seconds of the engine and of tiffin's path per run (from /proc). JSON
+beside issue 13's targets, and CPU milliseconds per output token of the engine and of tiffin's path (from /proc). JSON
 (`--json`, else .bench/results/engine-STAMP.json): every run's figures, the machine (cores, load average before
 and after), the commit and the command; the logs and vLLM's own result files stay in .bench/logs/engine-STAMP/.
 """
@@ -162,27 +162,34 @@ def summarise(runs: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
         rounds: dict[int, dict[str, dict[str, Any]]] = {}
         for run in runs:
             if run["concurrency"] == concurrency:
-                rounds.setdefault(run["round"], {})[run["target"]] = run["result"]
-        pairs = [pair for pair in rounds.values() if {"direct", "tiffin"} <= pair.keys()]
+                rounds.setdefault(run["round"], {})[run["target"]] = run
+        pairs = [(p["direct"], p["tiffin"]) for p in rounds.values() if {"direct", "tiffin"} <= p.keys()]
         row: dict[str, float] = {"rounds": len(pairs)}
-        for target in ("direct", "tiffin"):
+        for index, target in enumerate(("direct", "tiffin")):
             for figure in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput"):
-                row[f"{target}_{figure}"] = median([p[target][figure] for p in pairs])
-        row["added_ttft_p50_ms"] = median([t["median_ttft_ms"] - d["median_ttft_ms"] for d, t in _paired(pairs)])
-        row["added_ttft_p99_ms"] = median([t["p99_ttft_ms"] - d["p99_ttft_ms"] for d, t in _paired(pairs)])
-        row["added_tpot_p50_ms"] = median([t["median_tpot_ms"] - d["median_tpot_ms"] for d, t in _paired(pairs)])
-        row["tokens_ratio"] = median([t["output_throughput"] / d["output_throughput"] for d, t in _paired(pairs)])
-        cpu = [run for run in runs if run["concurrency"] == concurrency and "cpu_s" in run]
-        for target in ("direct", "tiffin"):
-            mine = [run["cpu_s"] for run in cpu if run["target"] == target]
-            row[f"{target}_engine_cpu_s"] = median([c.get(ENGINE, 0.0) for c in mine])
-            row[f"{target}_path_cpu_s"] = median([sum(c.get(n, 0.0) for n in PATH_COMPONENTS) for c in mine])
+                row[f"{target}_{figure}"] = median([pair[index]["result"][figure] for pair in pairs])
+            row[f"{target}_engine_cpu_ms_per_token"] = median([engine_ms_per_token(pair[index]) for pair in pairs])
+        results = [(d["result"], t["result"]) for d, t in pairs]
+        row["added_ttft_p50_ms"] = median([t["median_ttft_ms"] - d["median_ttft_ms"] for d, t in results])
+        row["added_ttft_p99_ms"] = median([t["p99_ttft_ms"] - d["p99_ttft_ms"] for d, t in results])
+        row["added_tpot_p50_ms"] = median([t["median_tpot_ms"] - d["median_tpot_ms"] for d, t in results])
+        row["tokens_ratio"] = median([t["output_throughput"] / d["output_throughput"] for d, t in results])
+        row["path_cpu_ms_per_token"] = median([path_ms_per_token(d, t) for d, t in pairs])
         table[concurrency] = row
     return table
 
 
-def _paired(pairs: list[dict[str, dict[str, Any]]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-    return [(pair["direct"], pair["tiffin"]) for pair in pairs]
+def engine_ms_per_token(run: dict[str, Any]) -> float:
+    """CPU milliseconds the runner and vLLM used per output token in `run`."""
+    return float(run["cpu_s"].get(ENGINE, 0.0) * 1000 / run["result"]["total_output_tokens"])
+
+
+def path_ms_per_token(direct: dict[str, Any], tiffin: dict[str, Any]) -> float:
+    """CPU milliseconds tiffin's path (interceptor, proxy, API server, Redis) used per output token in the
+    tiffin run, net of what those processes use idle (their rate during the paired direct run)."""
+    used = sum(tiffin["cpu_s"].get(name, 0.0) for name in PATH_COMPONENTS)
+    idle = sum(direct["cpu_s"].get(name, 0.0) for name in PATH_COMPONENTS) / direct["wall_s"] * tiffin["wall_s"]
+    return (used - idle) * 1000 / tiffin["result"]["total_output_tokens"]
 
 
 def render(table: dict[int, dict[str, float]]) -> str:
@@ -202,9 +209,10 @@ def render(table: dict[int, dict[str, float]]) -> str:
             f"{row['added_tpot_p50_ms']:+16.1f}",
             f"  {'output tokens/s':16} {row['direct_output_throughput']:9.1f} {row['tiffin_output_throughput']:9.1f} "
             f"{'x' + format(row['tokens_ratio'], '.3f'):>16}   >= x{TARGET_TOKENS_RATIO:g}: {tokens_met}",
-            f"  {'CPU s, engine':16} {row['direct_engine_cpu_s']:9.1f} {row['tiffin_engine_cpu_s']:9.1f}",
-            f"  {'CPU s, tiffin':16} {row['direct_path_cpu_s']:9.2f} {row['tiffin_path_cpu_s']:9.2f}"
-            "   (interceptor, proxy, API server, Redis)",
+            f"  {'engine CPU/token':16} {row['direct_engine_cpu_ms_per_token']:9.1f} "
+            f"{row['tiffin_engine_cpu_ms_per_token']:9.1f} {'':16}   ms (runner and vLLM)",
+            f"  {'path CPU/token':16} {'':9} {row['path_cpu_ms_per_token']:9.2f} {'':16}   ms (interceptor, proxy, "
+            "API server, Redis; net of idle)",
         ]  # fmt: skip
     return "\n".join(lines)
 
