@@ -303,7 +303,7 @@ def main() -> int:
     if not args.concurrency or min(args.concurrency) < 1 or (args.prompts or 1) < 1 or args.rounds < 1:
         raise SystemExit("engine: --concurrency values, --prompts and --rounds must be at least 1")
     cache_dir = (args.cache_dir or default_cache_dir()).resolve()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": commit.stdout.strip(),
