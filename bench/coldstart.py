@@ -52,11 +52,12 @@ def log(message: str) -> None:
     print(f"coldstart: {message}", file=sys.stderr, flush=True)
 
 
-def first_token(url: str, model: str, timeout_s: float = 900) -> tuple[float, dict[str, str]]:
-    """POST a streamed chat request; seconds until the first non-empty content delta, and the reply's headers."""
+def first_token(url: str, model: str, timeout_s: float = 900, key: str = "") -> tuple[float, dict[str, str]]:
+    """POST a streamed chat request (with `key` as bearer, if any); seconds until the first non-empty content
+    delta, and the reply's headers."""
     body = json.dumps({"model": model, "messages": QUESTION, "max_tokens": 16, "temperature": 0, "stream": True})
-    request = urllib.request.Request(f"{url}/v1/chat/completions", data=body.encode(),
-                                     headers={"content-type": "application/json"})  # fmt: skip
+    headers = {"content-type": "application/json", **({"authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=body.encode(), headers=headers)
     started = time.monotonic()
     with urllib.request.urlopen(request, timeout=timeout_s) as resp:
         headers = {k.lower(): v for k, v in resp.headers.items()}

@@ -60,14 +60,14 @@ def launch(folder: Path, port: int, admin: int, plain_http: bool) -> tuple[subpr
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), log
 
 
-async def registered_runner(state_dir: Path) -> str:
+async def registered_runner(state_dir: Path, name: str = "echo") -> str:
     """The warm runner's own URL, from the registry in the Redis of `tiffin up`'s state (the direct baseline)."""
     url = running_url(redis_data_dir(state_dir))  # the printed URL has no password
     assert url, f"no Redis running for {state_dir}"
     redis = connect(url)
     try:
         deadline = time.monotonic() + 120
-        while not (runners := await Registry(redis, "echo", "runner").ready()):
+        while not (runners := await Registry(redis, name, "runner").ready()):
             assert time.monotonic() < deadline, "the warm runner never registered"
             await asyncio.sleep(0.2)
         runner: str = next(iter(runners.values()))["url"]

@@ -51,6 +51,8 @@ SCENARIOS = {  # name: (connections, stream)
     "stream_c8": (8, True),
 }
 PEERS = ("direct", "nginx", "vllm-router", "litellm", "tiffin")
+# What `tiffin up` prints once for a deployment that requires keys (group 1: the key).
+KEY_PRINTED = re.compile(r"API key \(shown only now[^:]*: (tfn_\S+)")
 
 
 @dataclass
@@ -219,7 +221,7 @@ def start_tiffin(logs: Path, root: Path = ROOT, folder: Path | None = None, env:
                   str(port), "--admin-port", str(free_port()), "--state-dir", str(folder / "state")],
                  logs / "tiffin.log", env=env, cwd=root)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not (found := re.search(r"API key \(shown only now[^:]*: (tfn_\S+)", (logs / "tiffin.log").read_text())):
+    while not (found := KEY_PRINTED.search((logs / "tiffin.log").read_text())):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"bench: tiffin up failed; its log:\n{(logs / 'tiffin.log').read_text()[-3000:]}")
         time.sleep(0.3)
