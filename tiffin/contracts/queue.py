@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from tiffin.contracts import keys
 from tiffin.contracts import queue_scripts as lua
@@ -33,6 +34,8 @@ from tiffin.contracts.frames import Envelope, Fields, Frame
 
 # Reply streams are read continuously; the cap only guards against a reader that stopped for good.
 REPLY_STREAM_MAXLEN = 100_000
+
+_SAVE_RESULT_SHA = hashlib.sha1(lua.SAVE_RESULT.encode()).hexdigest()  # what EVALSHA names it by
 
 StartOutcome = Literal["started", "gone", "lost"]
 
@@ -48,11 +51,11 @@ class SavedResult:
 
 async def save_result(redis: Redis, request_id: str, result: SavedResult, ttl_s: float) -> None:
     """Record a runner's answer before relaying it (the API server's side of at-most-once), kept `ttl_s`."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.result(request_id), mapping={"status": result.status, "headers": json.dumps(result.headers),
-                                                    "body": result.body})  # fmt: skip
-        pipe.expire(keys.result(request_id), max(1, int(ttl_s)))
-        await pipe.execute()
+    args = (max(1, int(ttl_s)), result.status, json.dumps(result.headers), result.body)
+    try:
+        await redis.evalsha(_SAVE_RESULT_SHA, 1, keys.result(request_id), *args)
+    except NoScriptError:  # Redis restarted (or its script cache was flushed): EVAL sends it and caches it again
+        await redis.eval(lua.SAVE_RESULT, 1, keys.result(request_id), *args)
 
 
 def now_ms() -> int:

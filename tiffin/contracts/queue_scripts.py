@@ -153,3 +153,13 @@ redis.call('HSET', KEYS[2], 'state', 'queued', 'entry', id)
 redis.call('HDEL', KEYS[2], 'owner', 'taken_ms')
 return id
 """
+
+
+# A runner's whole answer saved, and its expiry set, in one command (one reply to read, and one that a batching
+# client can send with others): atomic like the transaction it replaces. KEYS: saved result.
+# ARGV: ttl s, status, headers (JSON), body.
+SAVE_RESULT = """
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""

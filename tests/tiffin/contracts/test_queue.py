@@ -389,6 +389,16 @@ async def test_a_saved_result_expires(redis: Redis) -> None:
     assert 0 < await redis.ttl(keys.result("r1")) <= 60
 
 
+async def test_a_saved_result_survives_a_flushed_script_cache(queue: DeploymentQueue, redis: Redis) -> None:
+    await save_result(redis, "r0", ANSWER, ttl_s=0.2)  # a TTL under a second is kept a second, never none
+    await redis.script_flush()  # as after a Redis restart: the save's script must be sent again, not fail
+
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+
+    assert await queue.saved_result("r1") == ANSWER
+    assert 0 < await redis.pttl(keys.result("r0")) <= 1000
+
+
 async def test_finishing_an_answered_request_deletes_its_saved_result(queue: DeploymentQueue, redis: Redis) -> None:
     await queue.ensure_group()
     env = envelope("r1")
