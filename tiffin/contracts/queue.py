@@ -96,8 +96,10 @@ def _text(value: bytes | str | None) -> str | None:
 class DeploymentQueue:
     """One deployment's request stream and the request states beside it."""
 
-    def __init__(self, redis: Redis, deployment: str) -> None:
+    def __init__(self, redis: Redis, deployment: str, reader: Redis | None = None) -> None:
+        """`reader`: the client for `read`'s blocking XREADGROUP, when `redis` may not block (a batching client)."""
         self.redis = redis
+        self.reader = reader or redis
         self.deployment = deployment
         self.key = keys.queue(deployment)
         self._enqueue = redis.register_script(lua.ENQUEUE)
@@ -202,7 +204,7 @@ class DeploymentQueue:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
         """New entries for this consumer (blocks up to `block_ms`)."""
-        reply: Any = await self.redis.xreadgroup(keys.GROUP, consumer, {self.key: ">"}, count=count, block=block_ms)
+        reply: Any = await self.reader.xreadgroup(keys.GROUP, consumer, {self.key: ">"}, count=count, block=block_ms)
         out: list[Delivery] = []
         for _stream, entries in reply or []:
             out.extend(self._deliveries(entries, redelivered=False))
