@@ -109,6 +109,7 @@ class DeploymentQueue:
         self._release = redis.register_script(lua.RELEASE)
         self._start = redis.register_script(lua.START)
         self._answer = redis.register_script(lua.ANSWER)
+        self._end = redis.register_script(lua.END)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -322,17 +323,14 @@ class DeploymentQueue:
 
     async def end(self, delivery: Delivery, frame: Frame) -> bool:
         """A stream's last frame, and its entry acknowledged and its saved result dropped (as `finish`), in one
-        transaction. Returns False if the reply stream is gone (the entry is acknowledged all the same)."""
+        step (a script). Returns False if the reply stream is gone (the entry is acknowledged all the same)."""
         envelope = delivery.envelope
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(envelope.reply_to, frame.to_fields(), maxlen=REPLY_STREAM_MAXLEN, approximate=True,  # type: ignore[arg-type]
-                      nomkstream=True)  # fmt: skip
-            pipe.xack(self.key, keys.GROUP, delivery.entry_id)
-            pipe.xdel(self.key, delivery.entry_id)
-            pipe.delete(keys.result(envelope.request_id))
-            pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
-            written, *_ = await pipe.execute()
-        return written is not None
+        args: list[str | bytes | int] = [REPLY_STREAM_MAXLEN, keys.GROUP, delivery.entry_id, now_ms()]
+        for name, value in frame.to_fields().items():
+            args.extend((name, value))
+        script_keys = [envelope.reply_to, self.key, keys.result(envelope.request_id), keys.activity(self.deployment)]
+        written: Any = await self._end(keys=script_keys, args=args)  # the idle period starts when work ends
+        return bool(written)
 
     async def holds(self, consumer: str, entry_id: bytes) -> bool:
         """Whether the entry is pending for `consumer`: read or claimed by it, and not acknowledged since (an answer,

@@ -780,3 +780,17 @@ async def test_end_writes_the_last_frame_and_acknowledges_in_one_step(redis: Red
     await redis.delete(REPLY)
     assert not await queue.end(delivery, Frame.end("r1", "proxy-1"))  # reply stream gone: not recreated
     assert not await redis.exists(REPLY)
+
+
+async def test_end_without_the_group_writes_and_deletes_as_the_transaction_did(redis: Redis) -> None:
+    queue = DeploymentQueue(redis, "d")
+    await queue.ensure_group()
+    await queue.enqueue(envelope("r1"), 10, TTL_S)
+    await redis.xadd(REPLY, {"kind": "open"})
+    (delivery,) = await queue.read("proxy-1", count=1, block_ms=100)
+    await redis.xgroup_destroy(queue.key, keys.GROUP)  # as if Redis came back without the queue's group
+
+    assert await queue.end(delivery, Frame.end("r1", "proxy-1"))  # XACK finds nothing to acknowledge: no error
+    last = (await redis.xrevrange(REPLY, count=1))[0][1]
+    assert Frame.from_fields(last).kind.value == "end"  # the frame went out all the same, as in the transaction
+    assert await redis.xlen(queue.key) == 0
