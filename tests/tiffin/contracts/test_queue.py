@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tiffin.common.redis_conn import connect
 from tiffin.contracts import keys
 from tiffin.contracts.exceptions import QueueFull
 from tiffin.contracts.frames import Envelope, Frame
 from tiffin.contracts.queue import DeploymentQueue, SavedResult, save_result
+from tiffin.local.redis_server import EmbeddedRedis
 
 REPLY = keys.reply("interceptor-test")
 TTL_S = 120
@@ -794,3 +796,19 @@ async def test_end_without_the_group_writes_and_deletes_as_the_transaction_did(r
     last = (await redis.xrevrange(REPLY, count=1))[0][1]
     assert Frame.from_fields(last).kind.value == "end"  # the frame went out all the same, as in the transaction
     assert await redis.xlen(queue.key) == 0
+
+
+async def test_a_blocking_read_on_its_own_client_holds_up_no_batch(redis: Redis, redis_server: EmbeddedRedis) -> None:
+    batching = connect(redis_server.url, batched=True)
+    try:
+        queue = DeploymentQueue(batching, "d", reader=redis)
+        await queue.ensure_group()
+        reading = asyncio.create_task(queue.read("proxy-1", count=1, block_ms=30_000))  # nothing queued: it blocks
+        await asyncio.sleep(0)  # the read is sent in this turn; the state check below is issued in the next
+        assert await queue.state("r1") is None  # answered while the read still blocks: not in a batch with it
+        assert not reading.done()
+        await queue.enqueue(envelope("r1"), 10, TTL_S)
+        (delivery,) = await reading
+        assert delivery.envelope.request_id == "r1"
+    finally:
+        await batching.aclose()
