@@ -7,6 +7,7 @@ import signal
 import time
 
 import aiohttp
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.config import ProxySettings
@@ -32,8 +33,11 @@ async def serve(settings: ProxySettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    redis = connect(settings.redis_url, max_connections=deployment.api.concurrency * 2 + 8)
-    queue = DeploymentQueue(redis, deployment.name)
+    # Requests' commands of one loop turn go out together (take, answer, end, finish, sends...); the blocking
+    # XREADGROUP has a client of its own, as it would hold up any batch it joined (see redis_batch).
+    redis = connect(settings.redis_url, max_connections=deployment.api.concurrency * 2 + 8, batched=True)
+    reader = connect(settings.redis_url, max_connections=2)
+    queue = DeploymentQueue(redis, deployment.name, reader=reader)
     registry = Registry(redis, deployment.name, "api", settings.heartbeat_ttl_s)
     connector = aiohttp.TCPConnector(limit=deployment.api.concurrency + 4)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -49,7 +53,7 @@ async def serve(settings: ProxySettings) -> int:
         health = settings.upstream_url + "/health"
         if not await wait_until_ok(session, health, stop, settings.ready_timeout_s):
             log.error("upstream_not_ready", upstream=settings.upstream_url)
-            await redis.aclose()
+            await _close(redis, reader)
             return 0 if stop.is_set() else 1
         proxy = Proxy(
             deployment, queue, registry, session, settings.replica_id, settings.upstream_url, settings.cancel_poll_s
@@ -72,11 +76,16 @@ async def serve(settings: ProxySettings) -> int:
             await canceller
             if consumer.done() and not consumer.cancelled() and consumer.exception() is not None:
                 log.error("consumer_failed", error=repr(consumer.exception()))
-                await redis.aclose()
+                await _close(redis, reader)
                 return 1
-    await redis.aclose()
+    await _close(redis, reader)
     log.info("stopped")
     return 0
+
+
+async def _close(*clients: Redis) -> None:
+    for client in clients:
+        await client.aclose()
 
 
 def main() -> None:

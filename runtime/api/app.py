@@ -124,7 +124,8 @@ def create_app(settings: ApiSettings) -> web.Application:
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     dep = settings.deployment
-    redis = connect(settings.redis_url)
+    # Saves of one loop turn go out together (requests finish in step under load); it sends no blocking command.
+    redis = connect(settings.redis_url, batched=True)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=dep.limits.upstream_timeout_s)
     # No pool limit: the balancer already bounds requests per runner, a second bound would queue unseen.
     # Idle connections go before vLLM's server (uvicorn) drops them at 5 s, so a reused one is rarely dead.

@@ -10,13 +10,15 @@ from tiffin.common.redis_pool import FastBlockingConnectionPool, FastConnectionP
 from tiffin.common.redis_retry import reconnect_once
 
 
-def connect(url: str | None = None, *, max_connections: int = 64) -> Redis:
-    """An asyncio Redis client (bytes in, bytes out) for `url` or `REDIS_URL`."""
+def connect(url: str | None = None, *, max_connections: int = 64, batched: bool = False) -> Redis:
+    """An asyncio Redis client (bytes in, bytes out) for `url` or `REDIS_URL`.
+
+    `batched`: as for `connect_bounded` (no blocking commands on such a client)."""
     pool = FastConnectionPool.from_url(
         url or redis_url(), decode_responses=False, max_connections=max_connections, health_check_interval=30,
         **reconnect_once(),
     )  # fmt: skip
-    return Redis.from_pool(pool)
+    return (BatchingRedis if batched else Redis).from_pool(pool)
 
 
 def connect_bounded(url: str, *, max_connections: int, timeout_s: float, batched: bool = False) -> Redis:

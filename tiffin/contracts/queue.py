@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from tiffin.contracts import keys
 from tiffin.contracts import queue_scripts as lua
@@ -33,6 +34,8 @@ from tiffin.contracts.frames import Envelope, Fields, Frame
 
 # Reply streams are read continuously; the cap only guards against a reader that stopped for good.
 REPLY_STREAM_MAXLEN = 100_000
+
+_SAVE_RESULT_SHA = hashlib.sha1(lua.SAVE_RESULT.encode()).hexdigest()  # what EVALSHA names it by
 
 StartOutcome = Literal["started", "gone", "lost"]
 
@@ -48,11 +51,11 @@ class SavedResult:
 
 async def save_result(redis: Redis, request_id: str, result: SavedResult, ttl_s: float) -> None:
     """Record a runner's answer before relaying it (the API server's side of at-most-once), kept `ttl_s`."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.result(request_id), mapping={"status": result.status, "headers": json.dumps(result.headers),
-                                                    "body": result.body})  # fmt: skip
-        pipe.expire(keys.result(request_id), max(1, int(ttl_s)))
-        await pipe.execute()
+    args = (max(1, int(ttl_s)), result.status, json.dumps(result.headers), result.body)
+    try:
+        await redis.evalsha(_SAVE_RESULT_SHA, 1, keys.result(request_id), *args)
+    except NoScriptError:  # Redis restarted (or its script cache was flushed): EVAL sends it and caches it again
+        await redis.eval(lua.SAVE_RESULT, 1, keys.result(request_id), *args)
 
 
 def now_ms() -> int:
@@ -93,8 +96,10 @@ def _text(value: bytes | str | None) -> str | None:
 class DeploymentQueue:
     """One deployment's request stream and the request states beside it."""
 
-    def __init__(self, redis: Redis, deployment: str) -> None:
+    def __init__(self, redis: Redis, deployment: str, reader: Redis | None = None) -> None:
+        """`reader`: the client for `read`'s blocking XREADGROUP, when `redis` may not block (a batching client)."""
         self.redis = redis
+        self.reader = reader or redis
         self.deployment = deployment
         self.key = keys.queue(deployment)
         self._enqueue = redis.register_script(lua.ENQUEUE)
@@ -104,6 +109,7 @@ class DeploymentQueue:
         self._release = redis.register_script(lua.RELEASE)
         self._start = redis.register_script(lua.START)
         self._answer = redis.register_script(lua.ANSWER)
+        self._end = redis.register_script(lua.END)
 
     async def ensure_group(self) -> None:
         """Create the stream and its consumer group if missing (idempotent)."""
@@ -199,7 +205,7 @@ class DeploymentQueue:
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Delivery]:
         """New entries for this consumer (blocks up to `block_ms`)."""
-        reply: Any = await self.redis.xreadgroup(keys.GROUP, consumer, {self.key: ">"}, count=count, block=block_ms)
+        reply: Any = await self.reader.xreadgroup(keys.GROUP, consumer, {self.key: ">"}, count=count, block=block_ms)
         out: list[Delivery] = []
         for _stream, entries in reply or []:
             out.extend(self._deliveries(entries, redelivered=False))
@@ -317,17 +323,14 @@ class DeploymentQueue:
 
     async def end(self, delivery: Delivery, frame: Frame) -> bool:
         """A stream's last frame, and its entry acknowledged and its saved result dropped (as `finish`), in one
-        transaction. Returns False if the reply stream is gone (the entry is acknowledged all the same)."""
+        step (a script). Returns False if the reply stream is gone (the entry is acknowledged all the same)."""
         envelope = delivery.envelope
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(envelope.reply_to, frame.to_fields(), maxlen=REPLY_STREAM_MAXLEN, approximate=True,  # type: ignore[arg-type]
-                      nomkstream=True)  # fmt: skip
-            pipe.xack(self.key, keys.GROUP, delivery.entry_id)
-            pipe.xdel(self.key, delivery.entry_id)
-            pipe.delete(keys.result(envelope.request_id))
-            pipe.set(keys.activity(self.deployment), now_ms())  # the idle period starts when work ends
-            written, *_ = await pipe.execute()
-        return written is not None
+        args: list[str | bytes | int] = [REPLY_STREAM_MAXLEN, keys.GROUP, delivery.entry_id, now_ms()]
+        for name, value in frame.to_fields().items():
+            args.extend((name, value))
+        script_keys = [envelope.reply_to, self.key, keys.result(envelope.request_id), keys.activity(self.deployment)]
+        written: Any = await self._end(keys=script_keys, args=args)  # the idle period starts when work ends
+        return bool(written)
 
     async def holds(self, consumer: str, entry_id: bytes) -> bool:
         """Whether the entry is pending for `consumer`: read or claimed by it, and not acknowledged since (an answer,

@@ -139,6 +139,20 @@ return 'started'
 """
 
 
+# A stream's last frame, its entry acknowledged and deleted, its saved result dropped and the activity mark set:
+# one command (one reply, and one a batching client can send with others), atomic like the transaction it
+# replaces. The frame is never written to a reply stream that is gone (returns 0), the rest is done all the same.
+# KEYS: reply stream, queue, saved result, activity. ARGV: reply stream maxlen, group, entry id, now ms, fields...
+END = """
+local written = redis.call('XADD', KEYS[1], 'NOMKSTREAM', 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 5))
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[2], ARGV[3])
+redis.call('DEL', KEYS[3])
+redis.call('SET', KEYS[4], ARGV[4])
+if written then return 1 end
+return 0
+"""
+
 # Put a taken request back in the queue, unserved (its API server is shutting down and refused it).
 # KEYS: queue, request state. ARGV: group, entry id, consumer, fields... Only the request's owner may, and
 # only before a head frame: once started it can never be replayed. Returns the new entry id, or false.
@@ -152,4 +166,14 @@ local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))
 redis.call('HSET', KEYS[2], 'state', 'queued', 'entry', id)
 redis.call('HDEL', KEYS[2], 'owner', 'taken_ms')
 return id
+"""
+
+
+# A runner's whole answer saved, and its expiry set, in one command (one reply to read, and one that a batching
+# client can send with others): atomic like the transaction it replaces. KEYS: saved result.
+# ARGV: ttl s, status, headers (JSON), body.
+SAVE_RESULT = """
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'headers', ARGV[3], 'body', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """

@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from tiffin.common.redis_conn import connect
 from tiffin.contracts import keys
 from tiffin.contracts.exceptions import QueueFull
 from tiffin.contracts.frames import Envelope, Frame
 from tiffin.contracts.queue import DeploymentQueue, SavedResult, save_result
+from tiffin.local.redis_server import EmbeddedRedis
 
 REPLY = keys.reply("interceptor-test")
 TTL_S = 120
@@ -387,6 +389,16 @@ async def test_a_saved_result_expires(redis: Redis) -> None:
     await save_result(redis, "r1", ANSWER, ttl_s=60)
 
     assert 0 < await redis.ttl(keys.result("r1")) <= 60
+
+
+async def test_a_saved_result_survives_a_flushed_script_cache(queue: DeploymentQueue, redis: Redis) -> None:
+    await save_result(redis, "r0", ANSWER, ttl_s=0.2)  # a TTL under a second is kept a second, never none
+    await redis.script_flush()  # as after a Redis restart: the save's script must be sent again, not fail
+
+    await save_result(redis, "r1", ANSWER, ttl_s=60)
+
+    assert await queue.saved_result("r1") == ANSWER
+    assert 0 < await redis.pttl(keys.result("r0")) <= 1000
 
 
 async def test_finishing_an_answered_request_deletes_its_saved_result(queue: DeploymentQueue, redis: Redis) -> None:
@@ -770,3 +782,33 @@ async def test_end_writes_the_last_frame_and_acknowledges_in_one_step(redis: Red
     await redis.delete(REPLY)
     assert not await queue.end(delivery, Frame.end("r1", "proxy-1"))  # reply stream gone: not recreated
     assert not await redis.exists(REPLY)
+
+
+async def test_end_without_the_group_writes_and_deletes_as_the_transaction_did(redis: Redis) -> None:
+    queue = DeploymentQueue(redis, "d")
+    await queue.ensure_group()
+    await queue.enqueue(envelope("r1"), 10, TTL_S)
+    await redis.xadd(REPLY, {"kind": "open"})
+    (delivery,) = await queue.read("proxy-1", count=1, block_ms=100)
+    await redis.xgroup_destroy(queue.key, keys.GROUP)  # as if Redis came back without the queue's group
+
+    assert await queue.end(delivery, Frame.end("r1", "proxy-1"))  # XACK finds nothing to acknowledge: no error
+    last = (await redis.xrevrange(REPLY, count=1))[0][1]
+    assert Frame.from_fields(last).kind.value == "end"  # the frame went out all the same, as in the transaction
+    assert await redis.xlen(queue.key) == 0
+
+
+async def test_a_blocking_read_on_its_own_client_holds_up_no_batch(redis: Redis, redis_server: EmbeddedRedis) -> None:
+    batching = connect(redis_server.url, batched=True)
+    try:
+        queue = DeploymentQueue(batching, "d", reader=redis)
+        await queue.ensure_group()
+        reading = asyncio.create_task(queue.read("proxy-1", count=1, block_ms=30_000))  # nothing queued: it blocks
+        await asyncio.sleep(0)  # the read is sent in this turn; the state check below is issued in the next
+        assert await queue.state("r1") is None  # answered while the read still blocks: not in a batch with it
+        assert not reading.done()
+        await queue.enqueue(envelope("r1"), 10, TTL_S)
+        (delivery,) = await reading
+        assert delivery.envelope.request_id == "r1"
+    finally:
+        await batching.aclose()
