@@ -36,12 +36,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tiffin import keys  # noqa: E402
 from tiffin.common.redis_conn import connect  # noqa: E402
+from tiffin.contracts import keys  # noqa: E402
 from tiffin.contracts.frames import Envelope  # noqa: E402
 from tiffin.contracts.queue import DeploymentQueue  # noqa: E402
 from tiffin.contracts.registry import Registry  # noqa: E402
-from tiffin.local.redis_server import EmbeddedRedis, free_port  # noqa: E402
+from tiffin.local.ports import free_port  # noqa: E402
+from tiffin.local.redis_server import EmbeddedRedis  # noqa: E402
 from tiffin.proto import externalscaler_pb2 as pb  # noqa: E402
 from tiffin.proto import externalscaler_pb2_grpc as pb_grpc  # noqa: E402
 

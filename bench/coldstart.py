@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from runtime.runner.engine import engine_command, engine_env  # noqa: E402
 from tiffin.common.models import default_cache_dir, resolve_model  # noqa: E402
 from tiffin.contracts.config import load_deployments  # noqa: E402
-from tiffin.local.redis_server import free_port  # noqa: E402
+from tiffin.local.ports import free_port  # noqa: E402
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 PHASES_HEADER = "x-tiffin-cold-start-phases"

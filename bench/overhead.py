@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 
 from tiffin.common.redis_conn import connect  # noqa: E402
 from tiffin.contracts.registry import Registry  # noqa: E402
-from tiffin.local.redis_server import free_port, redis_data_dir, running_url  # noqa: E402
+from tiffin.local.ports import free_port  # noqa: E402
+from tiffin.local.redis_server import redis_data_dir, running_url  # noqa: E402
 
 
 def write_config(folder: Path) -> Path:

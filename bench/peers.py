@@ -40,7 +40,7 @@ sys.path.insert(0, str(BENCH))
 import proctree  # noqa: E402
 import wrk  # noqa: E402
 
-from tiffin.local.redis_server import free_port  # noqa: E402
+from tiffin.local.ports import free_port  # noqa: E402
 
 WORK = ROOT / ".bench"
 MODEL = "bench"

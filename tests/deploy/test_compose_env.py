@@ -19,7 +19,8 @@ import yaml
 
 from tests.deploy.manifests import ROOT
 from tests.procs import Proc
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 DEADLINE_S = 60.0
 PORTS = ("8080", "9090", "9091", "8000")  # every port a platform service listens on or checks

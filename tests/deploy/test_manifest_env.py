@@ -18,7 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.deploy.manifests import deploy_tree, kustomize, pod_specs
 from tests.procs import Proc
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 TOKEN = "admin-token-for-the-manifest-test"
 DEADLINE_S = 60.0

@@ -19,7 +19,8 @@ import pytest
 import yaml
 
 from tests.procs import ROOT, Proc
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 UPSTREAM = [sys.executable, str(ROOT / "tests" / "upstream.py"), "--port", "{port}",
             "--served-model-name", "{served_model_name}"]  # fmt: skip

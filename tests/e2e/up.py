@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from tests.procs import Proc
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 
 class Up:

@@ -14,7 +14,7 @@ from tests.faults.edge_support import INCOMPLETE, Result, account, arrivals, sen
 from tests.procs import Proc
 from tiffin.common.redis_conn import connect
 from tiffin.contracts.queue import DeploymentQueue
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 EACH = 12
 DEADLINE_S = 120

@@ -21,7 +21,7 @@ from interceptor.server import start_public
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.frames import Frame
 from tiffin.contracts.queue import Delivery, DeploymentQueue
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 TIMEOUT_S = 10.0
 

@@ -14,7 +14,7 @@ from tiffin.common.redis_conn import connect
 from tiffin.contracts import keys
 from tiffin.contracts.frames import Envelope
 from tiffin.contracts.queue import DeploymentQueue, now_ms
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 
 async def test_status_lists_every_deployment_in_config_order(redis: Redis) -> None:

@@ -19,7 +19,7 @@ from tiffin.contracts import keys
 from tiffin.contracts.apikeys import KeyLimitsOverride, create_key, revoke_key
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.frames import Frame
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 CHAT = "/v1/chat/completions"
 

@@ -29,7 +29,7 @@ from tiffin.contracts.load import LoadReport, RunnerLoad
 from tiffin.contracts.queue import DeploymentQueue
 from tiffin.contracts.registry import Registry
 from tiffin.contracts.status import write_desired
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 CHAT = "/v1/chat/completions"
 ENTRY_KEYS = {"name", "state", "api", "runner", "queued", "in_flight", "runner_load", "oldest_waiting_s", "idle_s",

@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 
 from tests.procs import Proc
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 
 def _call(url: str, body: bytes | None = None) -> tuple[int, dict[str, object]]:

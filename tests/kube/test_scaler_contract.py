@@ -12,7 +12,8 @@ import pytest
 from tests.kube.test_render import EXAMPLES, by_kind, load, rendered
 from tests.procs import Proc
 from tests.scaler.conftest import Keda, Scaler
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 
 @pytest.fixture

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 from tests.procs import Proc
 from tests.runtime import NAME, Server, StartApi
 from tiffin.contracts.registry import Registry
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 
 @pytest.fixture

@@ -22,7 +22,8 @@ from tests.runtime import NAME, StartApi, chat, until
 from tiffin.common.redis_conn import connect
 from tiffin.contracts.load import LoadReport, RunnerLoad
 from tiffin.contracts.registry import Registry
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 REPLICA = "runner-1"
 UPSTREAM = [sys.executable, "tests/upstream.py", "--port", "{port}", "--served-model-name", "{served_model_name}"]

@@ -18,7 +18,8 @@ from tests.runtime import until
 from tiffin.common.gpu import sleep_mode_supported
 from tiffin.contracts import keys
 from tiffin.contracts.registry import Registry
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 pytestmark = [
     pytest.mark.vllm,

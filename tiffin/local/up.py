@@ -13,7 +13,6 @@ import functools
 import os
 import secrets
 import signal
-import socket
 import time
 from pathlib import Path
 
@@ -32,9 +31,10 @@ from tiffin.contracts.registry import Registry
 from tiffin.local.autoscaler import Autoscaler
 from tiffin.local.logfiles import LogPolicy
 from tiffin.local.pool import RunnerPool, enabled_by_env
+from tiffin.local.ports import free_port, port_free
 from tiffin.local.processes import ProcessSpec, Supervisor
 from tiffin.local.redis_process import RedisProcess
-from tiffin.local.redis_server import EmbeddedRedis, free_port, redis_data_dir
+from tiffin.local.redis_server import EmbeddedRedis, redis_data_dir
 from tiffin.local.replicas import LocalReplicas
 from tiffin.local.scaler_client import ScalerClient
 from tiffin.tls.edge import EdgeTLS, keep_local_tls_fresh, plan_edge_tls
@@ -61,23 +61,10 @@ def admin_token_file(state_dir: Path) -> Path:
     return path
 
 
-def _port_free(host: str, port: int) -> bool:
-    """True unless something listens on the port; a previous run's TIME_WAIT sockets do not count."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        # As the listener itself will bind (asyncio sets SO_REUSEADDR): only a live socket makes this fail.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
 async def up(args: argparse.Namespace, deployments: list[Deployment]) -> int:
     """Prepare models, start Redis, the scaler, the interceptor and the autoscaler; run until a signal."""
     for host, port in ((args.host, args.port), (args.admin_host, args.admin_port)):
-        if not _port_free(host, port):
+        if not port_free(host, port):
             say(f"port {port} on {host} is in use (another tiffin up?); pick another with --port / --admin-port")
             return 1
     # Everything tiffin and its children write (logs, Redis's append-only file with prompts and answers, keys,

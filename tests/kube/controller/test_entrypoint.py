@@ -13,7 +13,8 @@ import yaml
 from tests.kube.controller.conftest import LEASES, Cluster, eventually
 from tests.kube.controller.test_lifecycle import SPEC, applied
 from tests.procs import Proc
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.ports import free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 
 def _get_json(url: str) -> Any:

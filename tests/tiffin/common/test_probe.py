@@ -9,7 +9,7 @@ from aiohttp import web
 
 from tests.interceptor.conftest import serving
 from tiffin.common.probe import answers_ok, wait_until_ok
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 
 def health_app(ready: asyncio.Event, asked: asyncio.Event) -> web.Application:

@@ -12,7 +12,7 @@ from tiffin.common.redis_conn import connect_bounded
 from tiffin.contracts import history, keys
 from tiffin.contracts.dashboard import read_series
 from tiffin.contracts.history import BUCKETS, POINTS, STEP_S, WINDOW_S, TrafficRecorder, quantile, record_replicas
-from tiffin.local.redis_server import free_port
+from tiffin.local.ports import free_port
 
 DEP = "hist"
 

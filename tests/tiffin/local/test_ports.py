@@ -5,8 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tiffin.local.redis_server import free_port
-from tiffin.local.up import _port_free
+from tiffin.local.ports import free_port, port_free
 
 
 def _time_wait_port() -> int:
@@ -33,7 +32,7 @@ def test_a_port_left_in_time_wait_by_a_stopped_run_is_free() -> None:
         except OSError:
             in_time_wait = True
     assert in_time_wait, "the test did not manage to leave the port in TIME_WAIT"
-    assert _port_free("127.0.0.1", port)
+    assert port_free("127.0.0.1", port)
 
 
 def test_a_port_with_a_live_listener_is_in_use() -> None:
@@ -41,7 +40,7 @@ def test_a_port_with_a_live_listener_is_in_use() -> None:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
         listener.listen()
-        assert not _port_free("127.0.0.1", listener.getsockname()[1])
+        assert not port_free("127.0.0.1", listener.getsockname()[1])
 
 
 def test_free_ports_are_outside_the_ephemeral_range_and_never_repeat() -> None:

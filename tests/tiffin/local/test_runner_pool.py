@@ -19,8 +19,9 @@ from tests.runtime import until
 from tiffin.contracts.registry import Registry
 from tiffin.contracts.runnerpool import read_report
 from tiffin.local.pool import RunnerPool
+from tiffin.local.ports import free_port
 from tiffin.local.processes import ManagedProcess, ProcessSpec
-from tiffin.local.redis_server import EmbeddedRedis, free_port
+from tiffin.local.redis_server import EmbeddedRedis
 
 pytestmark = pytest.mark.vllm
 
