@@ -25,8 +25,8 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 import structlog
 
@@ -100,8 +100,8 @@ def fork_engine(server_args: list[str], env: Mapping[str, str], death_signal: in
     pid = os.fork()
     if pid:
         return pid
-    code = 1
-    try:
+
+    def serve() -> None:
         os.setsid()  # its own process group: stopping it stops the engine core it starts, as with a plain start
         set_parent_death(death_signal)
         if os.getppid() != parent:  # the runner died before prctl: the signal would never come
@@ -111,10 +111,19 @@ def fork_engine(server_args: list[str], env: Mapping[str, str], death_signal: in
         _keep_fork_for_engine_core()
         sys.argv = ["vllm", *server_args]
         importlib.import_module(ENTRY_MODULE).main()
-        code = 0
+
+    exit_after(serve)
+
+
+def exit_after(body: Callable[[], int | None]) -> NoReturn:
+    """In a forked child: run `body`, then leave with its exit code (a `SystemExit`'s too), whatever happens: a
+    fork must never return into its parent's code."""
+    code = 1
+    try:
+        code = body() or 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException:  # whatever ends the engine must end this process, reported
+    except BaseException:  # whatever ends the child must end this process, reported
         traceback.print_exc()
     finally:
         sys.stdout.flush()

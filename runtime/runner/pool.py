@@ -132,8 +132,8 @@ class Pool:
 
     def _child(self, conn: socket.socket, out_fd: int, env: dict[str, str]) -> NoReturn:
         """In the fork: become a runner, as `python -m runtime.runner` with `env` and output to `out_fd`."""
-        code = 1
-        try:
+
+        def become_runner() -> int:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
@@ -156,17 +156,9 @@ class Pool:
             os.environ.update(env)
             from runtime.runner.__main__ import main
 
-            code = main()
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:  # whatever ends the runner must end this process, reported
-            import traceback
+            return main()
 
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
+        forked.exit_after(become_runner)  # never returns: the fork leaves with the runner's exit code
 
     def prepare(self) -> None:
         """Import everything a runner needs, then keep those objects out of the collector's way."""
