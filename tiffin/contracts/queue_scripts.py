@@ -82,16 +82,22 @@ return st
 """
 )
 
-# Fenced start: only the request's current owner, and only while it is 'taken', writes the head frame. A proxy
-# wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
-# The owner calling again (after an unknown outcome) is told 'started' without a second head frame.
-# KEYS: request state, reply stream. ARGV: owner, reply stream maxlen, head frame fields...
-START = """
+# The fence in front of every first write of a reply (START, ANSWER): only the request's current owner, and only
+# while it is 'taken'; its owner calling again after an unknown outcome is told 'started' and writes nothing twice;
+# 'gone' when its interceptor's reply stream is. KEYS[1]: request state, KEYS[2]: reply stream; ARGV[1]: owner.
+_FENCE = """
 local st = redis.call('HGET', KEYS[1], 'state')
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if st == 'started' and owner == ARGV[1] then return 'started' end
 if st ~= 'taken' or owner ~= ARGV[1] then return 'lost' end
 if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
+"""
+
+# Fenced start: only the request's current owner, and only while it is 'taken', writes the head frame. A proxy
+# wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
+# The owner calling again (after an unknown outcome) is told 'started' without a second head frame.
+# KEYS: request state, reply stream. ARGV: owner, reply stream maxlen, head frame fields...
+START = _FENCE + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 redis.call('HSET', KEYS[1], 'state', 'started')
 return 'started'
@@ -118,12 +124,7 @@ return claimed[1]
 # connection mid-call) is safe: the owner finding it started already is told 'started' again, and nothing is
 # written twice. KEYS: request state, reply stream, queue, saved result, activity.
 # ARGV: owner, reply stream maxlen, group, entry id, now ms, frame count, then per frame: field count, fields...
-ANSWER = """
-local st = redis.call('HGET', KEYS[1], 'state')
-local owner = redis.call('HGET', KEYS[1], 'owner')
-if st == 'started' and owner == ARGV[1] then return 'started' end
-if st ~= 'taken' or owner ~= ARGV[1] then return 'lost' end
-if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
+ANSWER = _FENCE + """
 local i = 7
 for _ = 1, tonumber(ARGV[6]) do
   local n = tonumber(ARGV[i])
