@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tiffin.common.metric_children import Children
 
 REGISTRY = CollectorRegistry()
 
@@ -66,15 +66,5 @@ STREAMS_BROKEN = Counter(
 )  # fmt: skip
 
 
-_CHILDREN: dict[tuple[Any, ...], Any] = {}
-
-
-def child(metric: Any, *labels: str) -> Any:
-    """`metric.labels(*labels)`, kept: the per-request metrics look their few children up here, not through
-    prometheus_client's validation and lock each time (nothing here ever removes a child)."""
-    key = (metric, *labels)
-    try:
-        return _CHILDREN[key]
-    except KeyError:
-        found = _CHILDREN[key] = metric.labels(*labels)
-        return found
+child = Children()
+"""The per-request metrics' children, looked up once (`metrics.child(metrics.REQUESTS, deployment, status)`)."""

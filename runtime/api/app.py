@@ -23,6 +23,7 @@ from runtime.api.apps.routes import AppServer
 from runtime.api.balancer import Balancer, Lease
 from runtime.api.load import LoadReporter
 from runtime.config import ApiSettings
+from tiffin.common.metric_children import Children
 from tiffin.common.redis_conn import connect
 from tiffin.contracts.config import Deployment
 from tiffin.contracts.errors import error_response, sse_error_event
@@ -73,17 +74,8 @@ class Metrics:
             "tiffin_api_runner_failures", "Failed attempts at a runner, by kind.", ["runner", "kind"],
             registry=self.registry,
         )  # fmt: skip
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Any, *labels: str) -> Any:
-        """`metric.labels(*labels)`, kept: per-request lookups skip prometheus_client's validation and lock
-        (nothing removes a child)."""
-        key = (metric, *labels)
-        try:
-            return self._children[key]
-        except KeyError:
-            found = self._children[key] = metric.labels(*labels)
-            return found
+        self.child = Children()
+        """Children of the per-request metrics, looked up once."""
 
 
 SETTINGS = web.AppKey("settings", ApiSettings)

@@ -97,11 +97,14 @@ if redis.call('EXISTS', KEYS[2]) == 0 then return 'gone' end
 # wrongly thought dead (its request reclaimed by another) or a cancelled request's proxy gets 'lost' and stops.
 # The owner calling again (after an unknown outcome) is told 'started' without a second head frame.
 # KEYS: request state, reply stream. ARGV: owner, reply stream maxlen, head frame fields...
-START = _FENCE + """
+START = (
+    _FENCE
+    + """
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
 redis.call('HSET', KEYS[1], 'state', 'started')
 return 'started'
 """
+)
 
 # Claim one pending entry only if ARGV[4] still owns it: a racing reclaimer that got there first has
 # changed the owner, so the entry is never handed out twice (XCLAIM's min-idle-time alone cannot promise
@@ -124,7 +127,9 @@ return claimed[1]
 # connection mid-call) is safe: the owner finding it started already is told 'started' again, and nothing is
 # written twice. KEYS: request state, reply stream, queue, saved result, activity.
 # ARGV: owner, reply stream maxlen, group, entry id, now ms, frame count, then per frame: field count, fields...
-ANSWER = _FENCE + """
+ANSWER = (
+    _FENCE
+    + """
 local i = 7
 for _ = 1, tonumber(ARGV[6]) do
   local n = tonumber(ARGV[i])
@@ -138,6 +143,7 @@ redis.call('DEL', KEYS[4])
 redis.call('SET', KEYS[5], ARGV[5])
 return 'started'
 """
+)
 
 
 # A stream's last frame, its entry acknowledged and deleted, its saved result dropped and the activity mark set:
